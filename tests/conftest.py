@@ -52,12 +52,39 @@ def tiny_backbone(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_vllm_server(tiny_backbone):
-    """The real vLLM OpenAI-compatible server (CPU build) serving the tiny backbone, once per session."""
+def tiny_adapter_dir(tiny_backbone, tmp_path_factory) -> Path:
+    """A folder of LoRA adapters for the tiny backbone: ``tinylora`` and ``second`` (r=8, q/v projections).
+
+    PEFT's ``init_lora_weights=False`` gives non-zero B matrices, so an adapter visibly changes the
+    output (a fresh default adapter is an exact no-op).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("adapters")
+    for seed, name in ((1, "tinylora"), (2, "second")):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(tiny_backbone, dtype=torch.float32)
+        peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                init_lora_weights=False))
+        peft.save_pretrained(root / name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm_server(tiny_backbone, tiny_adapter_dir):
+    """The real vLLM OpenAI-compatible server (CPU build) serving the tiny backbone, once per session.
+
+    Everything the gateway uses is on: the ``tinylora`` adapter, runtime adapter loading and prompt
+    embeddings (one server start for the whole suite: each start costs 25-80 s here).
+    """
     from llmrec.serving.vllm_server import VLLMServer
 
-    with VLLMServer(tiny_backbone, served_model_name="tiny", max_model_len=1024,
-                    extra_args=["--dtype", "float32"]) as server:
+    args = ["--dtype", "float32", "--enable-lora", "--max-lora-rank", "8", "--lora-modules",
+            f"tinylora={tiny_adapter_dir / 'tinylora'}", "--enable-prompt-embeds"]
+    with VLLMServer(tiny_backbone, served_model_name="tiny", max_model_len=1024, extra_args=args,
+                    env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}) as server:
         yield server
 
 

@@ -1,4 +1,5 @@
-"""Every recipe config in configs/ parses with its recipe's own parser (TRL's TrlParser)."""
+"""Every config in configs/ parses: recipe configs with their recipe's own parser (TRL's TrlParser), the
+others (named after their command) with that command's loader."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from llmrec.cli.train import RECIPES
 from llmrec.paths import configs_dir
 
 CONFIGS = sorted(configs_dir().glob("*.yaml"))
+
+
+# Configs of commands other than `llmrec train`: file-name prefix -> loader (path -> validated config).
+LOADERS = {
+    "carbon": "llmrec.carbon.config.load_config",
+}
 
 
 def _recipe_of(path):
@@ -23,9 +30,13 @@ def test_config_parses(path):
     import importlib
 
     recipe = _recipe_of(path)
-    assert recipe in RECIPES, f"{path.name}: no recipe '{recipe}' (file names start with the recipe)"
     header = path.read_text().splitlines()[:3]
     assert header[0].startswith("# Purpose:") and any(line.startswith("# Run:") for line in header)
+    if recipe in LOADERS:
+        module, _, fn = LOADERS[recipe].rpartition(".")
+        assert getattr(importlib.import_module(module), fn)(path)
+        return
+    assert recipe in RECIPES, f"{path.name}: no recipe '{recipe}' (file names start with the recipe or a LOADERS key)"
     module = importlib.import_module(RECIPES[recipe][0])
     parsed = module.parse(["--config", str(path)], prog=f"llmrec train {recipe}")
     assert parsed  # dataclasses built and validated (each __post_init__ ran)

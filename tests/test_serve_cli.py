@@ -1,4 +1,4 @@
-"""`llmrec serve` starts the real vLLM server with a LoRA adapter; clients reach both models."""
+"""`llmrec serve` starts the real vLLM server and the gateway in front of it; clients reach base and adapter."""
 
 from __future__ import annotations
 
@@ -33,10 +33,22 @@ def test_serve_unknown_model_is_one_line_error(capsys):
     assert err.startswith("llmrec serve: error:") and "\n" not in err
 
 
-def test_serve_base_and_lora_adapter(tiny_backbone, tmp_path):
+def test_serve_flag_conflicts_are_one_line_errors(tiny_backbone, tmp_path, capsys):
+    from llmrec.cli.main import main
+
+    assert main(["serve", "--model", str(tiny_backbone), "--no-gateway", "--user-state", str(tmp_path)]) == 2
+    assert "--no-gateway cannot be combined" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tiny_backbone), "--catalog", "nameonly"]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tiny_backbone), "--adapter-dir", str(tmp_path / "no")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_serve_gateway_with_key_user_state_and_lora(tiny_backbone, tmp_path):
     from openai import OpenAI
     from trl import SFTConfig
 
+    from llmrec.cli.main import main
     from llmrec.training.sft import default_lora_config, to_chat_example, train_sft
 
     examples = [to_chat_example(f"rate review {i}: great strings", "5") for i in range(8)]
@@ -44,10 +56,13 @@ def test_serve_base_and_lora_adapter(tiny_backbone, tmp_path):
                     learning_rate=1e-2, save_strategy="no", report_to=[], use_cpu=True, bf16=False, max_length=64,
                     disable_tqdm=True)
     adapter = train_sft(tiny_backbone, examples, cfg, default_lora_config(r=8))
+    store = tmp_path / "users.sqlite"
+    assert main(["users", "set", "--store", str(store), "--user", "u1", "--profile", "likes bass strings"]) == 0
 
     port = free_port()
     cmd = [sys.executable, "-m", "llmrec.cli.main", "serve", "--model", str(tiny_backbone), "--port", str(port),
-           "--served-model-name", "tiny", "--lora", f"mine={adapter}",
+           "--served-model-name", "tiny", "--lora", f"mine={adapter}", "--api-key", "k1",
+           "--user-state", str(store),
            "--max-model-len", "512"]  # an engine flag passed through to vLLM
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
@@ -63,12 +78,16 @@ def test_serve_base_and_lora_adapter(tiny_backbone, tmp_path):
                 break
             time.sleep(2)
         assert ready, proc.stdout.read() if proc.poll() is not None else "not ready in time"
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k1")
         models = {m.id for m in client.models.list().data}
         assert models == {"tiny", "mine"}
         for name in ("tiny", "mine"):
             r = client.completions.create(model=name, prompt="great strings", max_tokens=4, temperature=0)
             assert r.usage.completion_tokens == 4 and r.model == name
+        raw = client.completions.with_raw_response.create(model="tiny", prompt="great strings", max_tokens=4,
+                                                          user="u1")
+        assert raw.headers["x-llmrec-personalization"] == "profile"
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:

@@ -1,0 +1,1 @@
+"""Carbon-aware recommendation: product-carbon-footprint estimation and carbon-aware re-ranking."""

@@ -1,0 +1,197 @@
+"""``llmrec carbon ...``: product-carbon-footprint (PCF) estimation and its grouped cross-validation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from llmrec.cli.common import add_command
+
+ESTIMATE_DESCRIPTION = """\
+Estimate the carbon footprint (kg CO2e) of products from a reference set of products with known PCF.
+
+For each item the k most similar reference products are retrieved (MiniLM sentence embeddings, FAISS)
+and become the few-shot examples of a chat prompt (prompts/carbon/estimate.yaml) sent to an
+OpenAI-compatible endpoint (default: `llmrec serve` on port 8000). The answer is parsed as JSON
+(value, unit, rationale), converted to kg CO2e and checked for plausibility. When the endpoint is down,
+times out, or answers garbage or an implausible value, the similarity-weighted geometric mean of the
+neighbours' PCFs is used instead; each output row says which path produced it ("llm", "nn",
+"nn_fallback:<reason>"). --mode nn skips the LLM.
+
+Reference: The Carbon Catalogue CSV, its DataCamp copy, Boavizta's CSV (recognised from the header)
+or any CSV with name/description/category/PCF columns (--columns to map them). Items: CSV or JSON
+lines with name (and optionally description, category). Settings: configs/carbon_estimate.yaml; any
+field can be given as a flag and overrides the file.
+
+example:
+  llmrec serve --model smollm2-135m-instruct --port 8000 &
+  llmrec carbon estimate --reference ../shared/data/carbon/carbon_catalogue/carbon_catalogue_product_level.csv \\
+      --items my_products.csv --endpoint http://127.0.0.1:8000/v1 --model smollm2-135m-instruct --out pcf.jsonl
+"""
+
+EVAL_DESCRIPTION = """\
+Grouped cross-validation of the PCF estimators on a reference set: scikit-learn GroupKFold by company
+(no company in both train and test). Reports median absolute log10 error, share within a factor of 2
+and MAPE for a global-median baseline, a category-median baseline and the nearest-neighbour estimator
+on every product; with --endpoint also for the LLM few-shot estimator (on the products it answered)
+and the hybrid (LLM with NN fallback), with parse-failure and fallback rates. --llm_sample N limits
+the LLM to N random products per fold (a CPU-served LLM is slow). Writes report.json, predictions.csv,
+cv_table.md and cv.png to --out. See docs/carbon.md.
+
+example:
+  llmrec carbon eval --reference ../shared/data/carbon/carbon_catalogue/carbon_catalogue_product_level.csv \\
+      --folds 5 --out runs/carbon_cv
+  llmrec carbon eval --reference ... --endpoint http://127.0.0.1:8011/v1 --model smollm2-135m-instruct \\
+      --llm_sample 40 --out runs/carbon_cv_llm
+"""
+
+def register(sub) -> None:
+    p = add_command(sub, "carbon", help="product carbon footprints: estimate PCFs (LLM few-shot + NN), evaluate",
+                    description="Product-carbon-footprint (PCF) estimation for carbon-aware recommendation.")
+    # More subcommands (re-ranking, the carbon/accuracy frontier) register on csub the same way.
+    csub = p.add_subparsers(dest="carbon_command", metavar="CARBON_COMMAND", required=True)
+
+    e = add_command(csub, "estimate", help="estimate the PCF of products (LLM few-shot with NN fallback)",
+                    description=ESTIMATE_DESCRIPTION)
+    _reference_args(e)
+    e.add_argument("--items", required=True, help="products to estimate: CSV or .jsonl (name, description, category)")
+    e.add_argument("--item_columns", "--item-columns", dest="item_columns", default=None,
+                   help="column map of the items CSV, e.g. name=Title,category=Type (default: detected)")
+    e.add_argument("--out", required=True, help="output: .jsonl (full records incl. neighbours) or .csv (flat)")
+    _config_args(e)
+    e.set_defaults(func=run_estimate)
+
+    v = add_command(csub, "eval", help="grouped cross-validation (by company) of NN, LLM few-shot and hybrid",
+                    description=EVAL_DESCRIPTION)
+    _reference_args(v)
+    v.add_argument("--folds", type=int, default=5, help="GroupKFold splits (default: %(default)s)")
+    v.add_argument("--out", required=True, help="output folder (report.json, predictions.csv, cv_table.md, cv.png)")
+    v.add_argument("--llm_sample", "--llm-sample", dest="llm_sample", type=int, default=None,
+                   help="LLM on this many random test products per fold (default: all)")
+    v.add_argument("--llm_folds", "--llm-folds", dest="llm_folds", default=None,
+                   help="LLM only on these folds, comma-separated 0-based (default: all)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the LLM subsample (default: %(default)s)")
+    _config_args(v, endpoint_enables_llm=True)
+    v.set_defaults(func=run_eval)
+
+
+def _reference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reference", required=True, help="reference CSV with a PCF per product")
+    p.add_argument("--columns", default=None,
+                   help="column map of the reference CSV, e.g. 'name=Product,pcf=PCF,category=Sector,"
+                        "company=Maker,unit=Unit' (default: detected from the header)")
+
+
+def _config_args(p: argparse.ArgumentParser, endpoint_enables_llm: bool = False) -> None:
+    """One flag per ``CarbonConfig`` field (default None: the YAML file or the dataclass default applies)."""
+    from llmrec.carbon.config import CarbonConfig
+
+    g = p.add_argument_group("estimator settings (override --config)")
+    g.add_argument("--config", default=None, help="YAML of estimator settings (e.g. configs/carbon_estimate.yaml)")
+    for f in fields(CarbonConfig):
+        default = None if f.default is MISSING else f.default
+        helptext = f"{f.metadata.get('help', '')} (default: {default})"
+        if f.name == "endpoint" and endpoint_enables_llm:
+            helptext = "OpenAI-compatible base URL; given, the LLM and hybrid rows are evaluated too"
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        if f.type in ("bool", bool):
+            g.add_argument(*names, dest=f.name, action="store_true", default=None, help=helptext)
+            continue
+        kind = {"int": int, "float": float, "float | None": float, "int | None": int}.get(str(f.type), str)
+        g.add_argument(*names, dest=f.name, type=kind, default=None, help=helptext)
+
+
+def _config(args):
+    from llmrec.carbon.config import CarbonConfig, load_config
+
+    return load_config(args.config, **{f.name: getattr(args, f.name) for f in fields(CarbonConfig)})
+
+
+def _load_reference(args):
+    from llmrec.carbon.reference import ColumnMap, load_reference
+
+    return load_reference(args.reference, ColumnMap.parse(args.columns) if args.columns else None)
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import pandas as pd
+
+    from llmrec.carbon.estimate import CarbonEstimator
+    from llmrec.carbon.reference import ColumnMap, load_items
+
+    config = _config(args)
+    reference = _load_reference(args)
+    items = load_items(args.items, ColumnMap.parse(args.item_columns) if args.item_columns else None)
+    est = CarbonEstimator(reference, config)
+    print(f"reference: {len(reference)} products ({reference.layout}); items: {len(items)}; mode {config.mode}"
+          + (f"; endpoint {config.endpoint} model {config.model}" if config.mode == "hybrid" else ""), flush=True)
+    results = est.estimate_many(items)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for item, r in zip(items.records(), results):
+        rows.append({"id": item["id"], "name": item["name"], "category": item["category"], **r.to_dict()})
+    if out.suffix.lower() == ".csv":
+        flat = [{k: v for k, v in row.items() if k != "neighbours"} | {
+            "neighbours": "; ".join(f"{n['name']} ({n['pcf_kg']:g} kg, sim {n['similarity']:.2f})"
+                                    for n in row["neighbours"])} for row in rows]
+        pd.DataFrame(flat).to_csv(out, index=False)
+    else:
+        with open(out, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    paths = Counter(r.path for r in results)
+    print("paths: " + ", ".join(f"{k} {v}" for k, v in sorted(paths.items())))
+    print(f"wrote {len(rows)} estimates to {out}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from llmrec.carbon.cv import cross_validate, format_table, plot_cv
+    from llmrec.errors import LlmrecError
+
+    config = _config(args)
+    reference = _load_reference(args)
+    llm_folds = None
+    if args.llm_folds:
+        try:
+            llm_folds = [int(x) for x in args.llm_folds.split(",") if x.strip()]
+        except ValueError:
+            raise LlmrecError(f"--llm_folds expects comma-separated fold numbers, got '{args.llm_folds}'") from None
+        if any(not 0 <= f < args.folds for f in llm_folds):
+            raise LlmrecError(f"--llm_folds: folds are numbered 0..{args.folds - 1}")
+    use_llm = args.endpoint is not None
+    print(f"reference: {len(reference)} products ({reference.layout}), {args.folds} folds by company"
+          + (f"; LLM {config.model} at {config.endpoint}" if use_llm else "; NN and baselines only"), flush=True)
+    res = cross_validate(reference, config, args.folds, use_llm=use_llm, llm_sample=args.llm_sample,
+                         llm_folds=llm_folds, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_table(res.table)
+    print(table)
+    if res.llm:
+        info = res.llm
+        print(f"LLM: {info['n_products']} products, parse failures {info['parse_failure_rate']:.1%} of answers, "
+              f"fell back {info['fallback_share']:.1%}; paths {info['paths']}")
+        for key in ("llm_vs_nn", "hybrid_vs_nn"):
+            b = info.get(key)
+            if b:
+                print(f"{key}: median |log10 err| difference {b['diff']:+.3f} (95% bootstrap CI {b['ci95'][0]:+.3f} "
+                      f"to {b['ci95'][1]:+.3f}; better on {b['a_better_share']:.0%}, worse on {b['b_better_share']:.0%} "
+                      f"of {b['n']} products)")
+    print(f"seconds: {res.seconds}")
+    report = {"reference": str(args.reference), "n_products": len(reference), **res.to_dict()}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    res.predictions.to_csv(out / "predictions.csv", index=False)
+    (out / "cv_table.md").write_text(table + "\n", encoding="utf-8")
+    plot_cv(res.predictions, out / "cv.png")
+    print(f"wrote {out}/report.json, predictions.csv, cv_table.md, cv.png")
+    return 0
