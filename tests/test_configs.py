@@ -11,9 +11,10 @@ from llmrec.paths import configs_dir
 CONFIGS = sorted(configs_dir().glob("*.yaml"))
 
 
-# Configs of commands other than `llmrec train`: file-name prefix -> loader (path -> validated config).
+# Configs of commands other than `llmrec train`: file-name prefix -> (module, function, takes argv).
 LOADERS = {
-    "carbon": "llmrec.carbon.config.load_config",
+    "carbon": ("llmrec.carbon.config", "load_config", False),
+    "cf": ("llmrec.cf.recipe", "parse", True),  # `llmrec cf train`, parsed by TrlParser like the recipes
 }
 
 
@@ -33,8 +34,9 @@ def test_config_parses(path):
     header = path.read_text().splitlines()[:3]
     assert header[0].startswith("# Purpose:") and any(line.startswith("# Run:") for line in header)
     if recipe in LOADERS:
-        module, _, fn = LOADERS[recipe].rpartition(".")
-        assert getattr(importlib.import_module(module), fn)(path)
+        module, fn, takes_argv = LOADERS[recipe]
+        load = getattr(importlib.import_module(module), fn)
+        assert load(["--config", str(path)]) if takes_argv else load(path)
         return
     assert recipe in RECIPES, f"{path.name}: no recipe '{recipe}' (file names start with the recipe or a LOADERS key)"
     module = importlib.import_module(RECIPES[recipe][0])

@@ -45,7 +45,7 @@ def test_real_vllm_server_answers_openai_client(tiny_vllm_server):
     from openai import OpenAI
 
     client = OpenAI(base_url=tiny_vllm_server.base_url, api_key="unused")
-    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert [m.id for m in client.models.list().data] == ["tiny", "tinylora"]  # the fixture serves an adapter too
     a = client.completions.create(model="tiny", prompt="great strings", max_tokens=6, temperature=0, seed=0)
     b = client.completions.create(model="tiny", prompt="great strings", max_tokens=6, temperature=0, seed=0)
     assert a.usage.completion_tokens == 6
