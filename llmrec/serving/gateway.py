@@ -26,11 +26,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from llmrec.recommend.next_item import NextItemTemplate
 from llmrec.serving.api_errors import ApiError, bad_field, error_response, expect, parse_json_object
 from llmrec.serving.catalog import Catalog
 from llmrec.serving.chat_convert import ChatStreamConverter, chat_response, completion_body, message_text
 from llmrec.serving.personalize import Plan, ProfileTemplate, prompt_kind, validate_generation, with_profile_messages
 from llmrec.serving.prompt_embeds import EmbedsError
+from llmrec.serving.recommendations import RecTemplate
 from llmrec.serving.user_state import UserState, UserStore
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -67,6 +69,9 @@ class Gateway:
         self.config = config
         self.client: httpx.AsyncClient | None = None
         self.profile_template = ProfileTemplate.load()
+        # Recommendation prompt templates: read once here, not from disk on every request.
+        self.next_item_template = NextItemTemplate.load()
+        self.rec_template = RecTemplate.load()
         self._embedder = None
         self._embedder_lock = asyncio.Lock()
         self._models: dict[str, dict] | None = None
@@ -284,6 +289,8 @@ class Gateway:
         max_new = body.get("max_completion_tokens", body.get("max_tokens")) or 0
 
         def build() -> tuple[dict, str | list[str], int]:
+            import torch
+
             from llmrec.serving.prompt_embeds import decode_embeds, encode_embeds
 
             if chat:
@@ -304,8 +311,6 @@ class Gateway:
                     for i, r in enumerate(raws):
                         client = decode_embeds(r, emb.hidden_size, "prompt_embeds" if isinstance(raw, str)
                                                else f"prompt_embeds[{i}]")
-                        import torch
-
                         bodies.append(emb.with_prefix(state.prefix, embeds=client if head is None
                                                       else torch.cat([head, client])))
                 else:
@@ -422,9 +427,7 @@ class Gateway:
         return JSONResponse({"status": "not ready", "upstream": self.config.upstream}, status_code=503)
 
     async def recommendations(self, request: Request) -> Response:
-        from llmrec.recommend.next_item import NextItemTemplate
         from llmrec.serving.recommendations import (
-            RecTemplate,
             candidate_token_prompts,
             parse_request,
             rec_messages,
@@ -456,8 +459,7 @@ class Gateway:
             raise bad_field("k", f"only {len(candidates)} candidates are left after removing the user's history, "
                             f"fewer than k={rec.k}")
         emb = await self.embedder()
-        next_item, template = NextItemTemplate.load(), RecTemplate.load()
-        messages = rec_messages(titles, rec.query, next_item, template)
+        messages = rec_messages(titles, rec.query, self.next_item_template, self.rec_template)
         if state is not None and state.profile:
             messages = with_profile_messages(messages, state.profile, self.profile_template)
             plan.applied.append("profile")
