@@ -388,14 +388,32 @@ def test_a_slow_client_does_not_block_others(gateway):
 
 
 def _post_raw(port: int, body: dict):
-    """Send a request on a raw socket and return the socket without reading: a client that stalls or leaves."""
+    """Send a request on a raw socket and return the socket without reading: a client that stalls or leaves.
+
+    Its receive buffer is tiny, so a streamed answer it never reads fills the socket and keeps the gateway's
+    relay (and the upstream request) open, however fast the model generates.
+    """
     import socket
 
     data = json.dumps(body).encode()
-    sock = socket.create_connection(("127.0.0.1", port))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect(("127.0.0.1", port))
     sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
     return sock
+
+
+def _settled_generation_tokens(server) -> float:
+    """vLLM's generated-token counter once it stops moving (every open generation ended or aborted)."""
+    settled = None
+    for _ in range(120):
+        time.sleep(0.5)
+        now = _generation_tokens_total(server)
+        if now == settled:
+            return now
+        settled = now
+    raise AssertionError(f"vLLM still generating after 60 s ({settled} tokens)")
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -408,7 +426,9 @@ def test_long_generations_overlap_and_disconnect_cancels(gateway, tiny_vllm_serv
     gw = gateway.app.state.gateway
     long = {"model": "tiny", "prompt": PROMPT, "max_tokens": 900, "ignore_eos": True, "temperature": 0,
             "stream": stream}
-    held = _post_raw(gateway.port, long)  # never read: a streamed answer stays open upstream until we leave
+    # 16 choices with logprobs stream ~7 MB, more than the kernel buffers between the gateway and a client that
+    # never reads (4 MB send buffer at most here): the relay stays open however fast the tiny model generates.
+    held = _post_raw(gateway.port, {**long, "n": 16, "logprobs": 5, "temperature": 1.0, "seed": 0})
     try:
         deadline = time.monotonic() + 60
         while gw.in_flight < 1 and time.monotonic() < deadline:
@@ -416,26 +436,25 @@ def test_long_generations_overlap_and_disconnect_cancels(gateway, tiny_vllm_serv
         gw.max_in_flight = gw.in_flight
         for _ in range(2):
             assert _complete(gateway.base_url, max_tokens=2).status_code == 200
-        if stream:  # the held stream is still open upstream, so both short requests overlapped with it
-            assert _gateway_metric(gateway, "llmrec_gateway_in_flight_max") >= 2
+        # the held request was open upstream when both short ones were forwarded
+        assert _gateway_metric(gateway, "llmrec_gateway_in_flight_max") >= 2
+        if stream:
+            assert gw.in_flight == 1  # and it is held open still, by the client that does not read
     finally:
         held.close()
 
     # A client that gives up once generation is under way: vLLM stops generating for it (abort).
-    time.sleep(1)
-    before = _generation_tokens_total(tiny_vllm_server)
+    before = _settled_generation_tokens(tiny_vllm_server)
+    assert gw.in_flight == 0
     with _post_raw(gateway.port, long):
+        # Leave once the gateway has forwarded it and vLLM has had time to start (vLLM's token counter is
+        # published in bursts, so waiting for it to move could mean waiting for the whole generation).
         deadline = time.monotonic() + 60
-        while _generation_tokens_total(tiny_vllm_server) == before and time.monotonic() < deadline:
-            time.sleep(0.05)
-    settled = None
-    for _ in range(60):
-        time.sleep(0.5)
-        now = _generation_tokens_total(tiny_vllm_server)
-        if now == settled:
-            break
-        settled = now
-    assert settled is not None and settled - before < 800, (before, settled)
+        while gw.in_flight < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+    settled = _settled_generation_tokens(tiny_vllm_server)
+    assert settled - before < 800, (before, settled)
     time.sleep(1)
     assert _generation_tokens_total(tiny_vllm_server) == settled  # nothing is still generating
     assert _gateway_metric(gateway, "llmrec_gateway_in_flight") == 0

@@ -203,29 +203,31 @@ class Gateway:
     async def stream(self, path: str, content: bytes, headers: dict, convert: ChatStreamConverter | None,
                      error_field: str) -> Response:
         req = self.client.build_request("POST", path, content=content)
+        self._enter_flight()  # open upstream from the moment it is sent, headers or not
         try:
             resp = await self.client.send(req, stream=True)
         except httpx.TransportError as e:
+            self.in_flight -= 1
             raise ApiError(503, f"the vLLM server at {self.config.upstream} is unavailable: "
                            f"{type(e).__name__}") from None
+        except BaseException:
+            self.in_flight -= 1
+            raise
         if resp.status_code != 200:
+            self.in_flight -= 1
             body = await resp.aread()
             await resp.aclose()
             return upstream_error(resp.status_code, body, error_field, headers)
 
         async def relay():
-            self._enter_flight()
-            try:
-                async for chunk in resp.aiter_raw():
-                    yield convert.feed(chunk) if convert else chunk
-            finally:
-                # Shielded: Starlette cancels this generator when the client leaves, and an unshielded
-                # await here would be cancelled too, leaving vLLM generating for nobody.
-                with anyio.CancelScope(shield=True):
-                    await resp.aclose()
-                self.in_flight -= 1
+            async for chunk in resp.aiter_raw():
+                yield convert.feed(chunk) if convert else chunk
 
-        return _RelayResponse(relay(), media_type="text/event-stream", headers=headers)
+        async def close_upstream():
+            await resp.aclose()
+            self.in_flight -= 1
+
+        return _RelayResponse(relay(), close_upstream, media_type="text/event-stream", headers=headers)
 
     # ---------------------------------------------------------------- personalization
     def lookup(self, user: str | None, personalize: bool) -> tuple[UserState | None, str]:
@@ -549,8 +551,14 @@ class _RelayResponse(StreamingResponse):
     """A stream that always closes its source, even when the client vanished mid-stream.
 
     With ASGI 2.4 servers Starlette learns of a disconnect only when a write fails, and then leaves the
-    generator to the garbage collector; closing it here closes the upstream request at once.
+    generator to the garbage collector; closing it here closes the upstream request at once (vLLM then
+    aborts the generation). Shielded: Starlette cancels the response when the client leaves, and an
+    unshielded close would be cancelled too, leaving vLLM generating for nobody.
     """
+
+    def __init__(self, content, on_close, **kw) -> None:
+        super().__init__(content, **kw)
+        self._on_close = on_close
 
     async def __call__(self, scope, receive, send) -> None:
         try:
@@ -558,6 +566,7 @@ class _RelayResponse(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iterator.aclose()
+                await self._on_close()
 
 
 def _empty_prefix(hidden: int):
