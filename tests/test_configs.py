@@ -39,7 +39,7 @@ def test_config_parses(path):
         assert load(["--config", str(path)]) if takes_argv else load(path)
         return
     assert recipe in RECIPES, f"{path.name}: no recipe '{recipe}' (file names start with the recipe or a LOADERS key)"
-    module = importlib.import_module(RECIPES[recipe][0])
+    module = importlib.import_module(RECIPES[recipe][0].split(":")[0])
     parsed = module.parse(["--config", str(path)], prog=f"llmrec train {recipe}")
     assert parsed  # dataclasses built and validated (each __post_init__ ran)
 

@@ -24,14 +24,20 @@ class SFTDataArguments:
         "help": "JSONL with 'prompt' and 'completion' strings (or chat message lists)"})
     lamp_dir: str | None = field(default=None, metadata={
         "help": "folder from 'llmrec data build-lamp' (train_questions.json / train_outputs.json)"})
+    rerec_data: str | None = field(default=None, metadata={
+        "help": "data folder: warm-start on its ReRec train-split tasks (reasoning + \\boxed{} answers)"})
+    rerec_item_meta: str | None = field(default=None, metadata={
+        "help": "item metadata file for rerec_data when titles live apart (Amazon Beauty: Amazon_Beauty.item)"})
+    rerec_cf_dir: str | None = field(default=None, metadata={
+        "help": "CF run for the ReRec tasks' PAS column (orders the runners-up in the warm-start answers)"})
     retriever: str = field(default="bm25", metadata={"help": "profile retriever for LaMP prompts: bm25, dense, none"})
     k: int = field(default=2, metadata={"help": "profile items put in each LaMP prompt"})
     max_train_examples: int | None = field(default=None, metadata={"help": "cap on training examples"})
     system_prompt: str | None = field(default=None, metadata={"help": "optional system message for every example"})
 
     def __post_init__(self):
-        if (self.train_file is None) == (self.lamp_dir is None):
-            raise LlmrecError("give exactly one of train_file or lamp_dir")
+        if sum(x is not None for x in (self.train_file, self.lamp_dir, self.rerec_data)) != 1:
+            raise LlmrecError("give exactly one of train_file, lamp_dir or rerec_data")
         if self.k < 0:
             raise LlmrecError(f"k must be >= 0, got {self.k}")
 

@@ -28,6 +28,8 @@ def main(argv: list[str], prog: str = "llmrec train sft") -> int:
     model_path = resolve_backbone(model_args.model_name_or_path or data_args.backbone)
     if data_args.train_file:
         examples = read_prompt_completion_jsonl(data_args.train_file, data_args.system_prompt)
+    elif data_args.rerec_data:
+        examples = rerec_warm_start(data_args)
     else:
         examples = lamp_sft_examples(data_args.lamp_dir, "train", retriever=data_args.retriever, k=data_args.k,
                                      system_prompt=data_args.system_prompt)
@@ -39,3 +41,19 @@ def main(argv: list[str], prog: str = "llmrec train sft") -> int:
          "data": {k: v for k, v in vars(data_args).items()}}, indent=2))
     print(f"saved to {out} (metrics: {out / 'metrics.jsonl'}, curve: {out / 'metrics.png'})")
     return 0
+
+
+def rerec_warm_start(data_args) -> list[dict]:
+    from llmrec.data import load_recdata
+    from llmrec.training.rerec_sft import rerec_sft_examples
+    from llmrec.training.rerec_tasks import build_rerec_tasks
+
+    cf = None
+    if data_args.rerec_cf_dir:
+        from llmrec.cf import load_cf
+
+        cf = load_cf(data_args.rerec_cf_dir)
+    meta = {"item_meta": data_args.rerec_item_meta} if data_args.rerec_item_meta else {}
+    tasks = build_rerec_tasks(load_recdata(data_args.rerec_data, **meta), split="train", cf=cf,
+                              max_users=data_args.max_train_examples)
+    return rerec_sft_examples(tasks)

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from llmrec.cli.common import add_command
 
-# recipe name -> (module with ``main(argv, prog)``, one-line description)
+# recipe name -> ("module:function" taking ``(argv, prog)``, one-line description)
 RECIPES = {
-    "sft": ("llmrec.training.sft_recipe", "supervised fine-tuning with LoRA on prompt/completion or LaMP data"),
+    "sft": ("llmrec.training.sft_recipe:main", "supervised fine-tuning with LoRA on prompt/completion or LaMP data"),
+    "grpo-rerec": ("llmrec.training.grpo_recipe:rerec_main",
+                   ("GRPO with ReRec reward shaping (format + NDCG + KG/CF alignment), reasoning-aware advantages "
+                    "and an online curriculum")),
+    "grpo-bump": ("llmrec.training.grpo_recipe:bump_main",
+                  "GRPO for BUMP self-supervised user profiles (bidirectional in-batch ranking reward)"),
 }
 
 
@@ -30,5 +35,6 @@ def register(sub) -> None:
 def run(args) -> int:
     import importlib
 
-    module, _ = RECIPES[args.recipe]
-    return importlib.import_module(module).main(args.extra, prog=f"llmrec train {args.recipe}")
+    target, _ = RECIPES[args.recipe]
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)(args.extra, prog=f"llmrec train {args.recipe}")

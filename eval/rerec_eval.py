@@ -1,0 +1,110 @@
+"""Evaluate a ReRec policy: generate a reasoned answer per held-out task, parse its ``\\boxed{...}`` ranking
+and score it (HR@1, HR@5, NDCG@10, MRR) together with the format-validity rate.
+
+A malformed answer ranks nothing, so it counts as a miss: the ranking metrics and the validity rate are
+computed over the same tasks. Generation is greedy; HF ``generate`` by default (no server needed), or the
+vLLM server with the adapter loaded as a LoRA (faster on many tasks).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+METRICS = "hr@1,hr@5,ndcg@10,mrr"
+
+
+def score_completions(tasks: Sequence[dict], completions: Sequence[str], metrics: str = METRICS) -> dict:
+    """Ranking metrics of the held-out target in each parsed answer, plus format validity and its causes."""
+    from llmrec.eval.ranking import evaluate_topk
+    from llmrec.rewards.rerec import parse_answer
+
+    if len(tasks) != len(completions):
+        raise ValueError(f"{len(tasks)} tasks but {len(completions)} completions")
+    width = max(len(t["candidates"]) for t in tasks)
+    topk = np.full((len(tasks), width), -1, dtype=np.int64)
+    pos = np.full(len(tasks), -1, dtype=np.int64)
+    statuses = Counter()
+    for r, (task, text) in enumerate(zip(tasks, completions)):
+        answer = parse_answer(text, len(task["candidates"]))
+        statuses[answer.status] += 1
+        ranking = list(answer.ranking)[:width] if answer.status == "ok" else []
+        topk[r, : len(ranking)] = ranking
+        pos[r] = task["candidates"].index(task["targets"][0])
+    result = {k: float(v) for k, v in evaluate_topk(topk, pos, metrics).metrics.items()}
+    result["format_valid"] = statuses["ok"] / len(tasks)
+    result["status"] = dict(statuses)
+    result["tasks"] = len(tasks)
+    return result
+
+
+def generate_hf(model_path, tasks: Sequence[dict], adapter: str | None = None, max_new_tokens: int = 160,
+                batch_size: int = 8, progress: bool = True) -> list[str]:
+    """Greedy answers with HF ``generate`` (left padding, the model's chat template)."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(adapter or model_path)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype="float32")
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.eval()
+    texts = [tok.apply_chat_template(t["prompt"], add_generation_prompt=True, tokenize=False) for t in tasks]
+    out: list[str] = []
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(texts), batch_size), desc="generating answers", disable=not progress):
+            enc = tok(texts[i: i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+            out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None, max_new_tokens: int = 160,
+                  concurrency: int = 16, max_model_len: int = 2048) -> list[str]:
+    """Greedy answers from a vLLM server started for the purpose (the adapter served as LoRA ``policy``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from llmrec.serving.vllm_server import VLLMServer
+
+    extra = ["--enable-lora", "--max-lora-rank", "64", "--lora-modules", f"policy={adapter}"] if adapter else []
+    with VLLMServer(model_path, served_model_name="base", extra_args=extra, max_model_len=max_model_len) as srv:
+        model = "policy" if adapter else "base"
+
+        def ask(task):
+            r = httpx.post(f"{srv.base_url}/chat/completions", timeout=600, json={
+                "model": model, "messages": task["prompt"], "max_tokens": max_new_tokens, "temperature": 0})
+            r.raise_for_status()
+            return r.json()["choices"][0]["message"]["content"] or ""
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            return list(pool.map(ask, tasks))
+
+
+def evaluate_rerec(model_path, tasks: Sequence[dict], adapter: str | None = None, engine: str = "hf",
+                   max_new_tokens: int = 160, out: str | Path | None = None, **kw) -> dict:
+    """Generate, score, and (with ``out``) write ``predictions.jsonl`` and ``metrics.json`` there."""
+    gen = generate_vllm if engine == "vllm" else generate_hf
+    completions = gen(model_path, tasks, adapter=adapter, max_new_tokens=max_new_tokens, **kw)
+    result = score_completions(tasks, completions)
+    result.update(model=str(model_path), adapter=adapter, engine=engine, max_new_tokens=max_new_tokens)
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "predictions.jsonl", "w") as f:
+            f.writelines(json.dumps({"task_id": task["task_id"], "targets": task["targets"],
+                                    "candidates": task["candidates"], "completion": text}) + "\n" for task, text in zip(tasks, completions))
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result
