@@ -105,6 +105,7 @@ def evaluate_rerec(model_path, tasks: Sequence[dict], adapter: str | None = None
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "predictions.jsonl", "w") as f:
             f.writelines(json.dumps({"task_id": task["task_id"], "targets": task["targets"],
-                                    "candidates": task["candidates"], "completion": text}) + "\n" for task, text in zip(tasks, completions))
+                                     "candidates": task["candidates"], "completion": text}) + "\n"
+                         for task, text in zip(tasks, completions))
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
     return result

@@ -184,3 +184,24 @@ def test_generate_profiles_and_report_on_tiny_backbone(tiny, tiny_backbone, tiny
     assert "| no_profile |" in format_report_table(report)
     with pytest.raises(LlmrecError, match="adapter_path"):
         bump_eval_report(tiny, tasks, qs)
+
+
+def test_eval_bump_cli_writes_the_four_condition_report(tiny, tiny_backbone, tiny_adapter_dir, shared_data, mi,
+                                                        tmp_path):
+    import json
+
+    from llmrec.cli.main import main
+
+    out = tmp_path / "eval_bump"
+    argv = ["eval", "bump", "--model", str(tiny_backbone), "--adapter", str(tiny_adapter_dir / "tinylora"),
+            "--data", str(shared_data / "amazon" / "musical_instruments_5core_2014"), "--max_users", "3",
+            "--n_history", "3", "--batch_size", "3", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    qs = build_rating_questions(mi, split="test", max_users=3, n_history=3)
+    assert report["n_users"] == 3 and report["n_questions"] == len(qs)
+    assert list(report["conditions"]) == ["trained_profile", "no_profile", "untrained_profile", "other_user_profile"]
+    direct = rating_mae(tiny, qs, {q["user_id"]: None for q in qs}, batch_size=3, progress=False)
+    for key in ("mae", "rmse", "mae_expected"):
+        assert report["conditions"]["no_profile"][key] == pytest.approx(direct[key], abs=1e-6)
+    assert "| trained_profile |" in (out / "report.md").read_text()

@@ -294,12 +294,6 @@ def _prompt_tokens_total(server) -> float:
                if line.startswith("vllm:prompt_tokens_total"))
 
 
-def _generation_tokens_total(server) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("vllm:generation_tokens_total"))
-
-
 def test_api_key(tiny_vllm_server, tiny_backbone):
     config = GatewayConfig(upstream=tiny_vllm_server.url, base_model="tiny", model_path=tiny_backbone,
                            api_key="s3cret")
@@ -404,20 +398,8 @@ def _post_raw(port: int, body: dict):
     return sock
 
 
-def _settled_generation_tokens(server) -> float:
-    """vLLM's generated-token counter once it stops moving (every open generation ended or aborted)."""
-    settled = None
-    for _ in range(120):
-        time.sleep(0.5)
-        now = _generation_tokens_total(server)
-        if now == settled:
-            return now
-        settled = now
-    raise AssertionError(f"vLLM still generating after 60 s ({settled} tokens)")
-
-
 @pytest.mark.parametrize("stream", [False, True])
-def test_long_generations_overlap_and_disconnect_cancels(gateway, tiny_vllm_server, stream):
+def test_long_generations_overlap(gateway, tiny_vllm_server, stream):
     """A long generation holds nothing in the gateway: other requests are forwarded while it is open.
 
     (Whether vLLM then finishes the short one first is vLLM's scheduling, not the gateway's: on 2 CPU
@@ -443,21 +425,94 @@ def test_long_generations_overlap_and_disconnect_cancels(gateway, tiny_vllm_serv
     finally:
         held.close()
 
-    # A client that gives up once generation is under way: vLLM stops generating for it (abort).
-    before = _settled_generation_tokens(tiny_vllm_server)
-    assert gw.in_flight == 0
-    with _post_raw(gateway.port, long):
-        # Leave once the gateway has forwarded it and vLLM has had time to start (vLLM's token counter is
-        # published in bursts, so waiting for it to move could mean waiting for the whole generation).
-        deadline = time.monotonic() + 60
-        while gw.in_flight < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)
-    settled = _settled_generation_tokens(tiny_vllm_server)
-    assert settled - before < 800, (before, settled)
-    time.sleep(1)
-    assert _generation_tokens_total(tiny_vllm_server) == settled  # nothing is still generating
+    # Closing the held client must release its relay: nothing is left in flight.
+    deadline = time.monotonic() + 60
+    while gw.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert _gateway_metric(gateway, "llmrec_gateway_in_flight") == 0
+
+
+class _RecordingUpstream:
+    """A stand-in for vLLM that records when the gateway closes a completion request it forwarded.
+
+    Why not the real server: vLLM 0.32 itself misses some client disconnects (a raw client leaving a direct
+    16 x 900-token request after 0.3 s: 1 of 3 non-streamed requests still ran to its end), so a test on vLLM's
+    token counter would measure vLLM's race, not the gateway. What the gateway owes is to close its upstream
+    request when its client leaves; this upstream shows it deterministically. Non-streamed requests are never
+    answered (a long generation); streamed ones trickle a chunk every 50 ms for ever.
+    """
+
+    CHUNK = b'data: {"id":"c","object":"text_completion","choices":[{"index":0,"text":"a"}]}\n\n'
+
+    def __init__(self):
+        import socketserver
+        import threading
+
+        self.forwarded = threading.Event()
+        self.closed = threading.Event()
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                while line := self.rfile.readline():
+                    path = line.split()[1].decode()
+                    headers = {}
+                    while (h := self.rfile.readline()).strip():
+                        k, v = h.decode().split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                    body = self.rfile.read(int(headers.get("content-length", 0)))
+                    if not path.endswith("/completions"):
+                        data = json.dumps({"object": "list", "data": [
+                            {"id": "tiny", "object": "model", "max_model_len": 1024}]}).encode()
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                         b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+                        continue
+                    outer.forwarded.set()
+                    try:
+                        if json.loads(body).get("stream"):
+                            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                             b"Transfer-Encoding: chunked\r\n\r\n")
+                            while True:
+                                self.wfile.write(b"%x\r\n%s\r\n" % (len(outer.CHUNK), outer.CHUNK))
+                                time.sleep(0.05)
+                        while self.request.recv(1024):
+                            pass
+                    except OSError:
+                        pass
+                    outer.closed.set()
+                    return
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_disconnect_closes_the_upstream_request(tiny_backbone, stream):
+    with _RecordingUpstream() as upstream, \
+            GatewayThread(GatewayConfig(upstream=upstream.url, base_model="tiny", model_path=tiny_backbone)) as gw:
+        body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 900, "stream": stream}
+        with _post_raw(gw.port, body):
+            assert upstream.forwarded.wait(60), "the gateway did not forward the request"
+            time.sleep(0.2)
+            assert not upstream.closed.is_set()  # open while its client waits
+        # the client left: the gateway closes the upstream request (vLLM aborts a generation on that)
+        assert upstream.closed.wait(60), "the upstream request stayed open after its client left"
+        state = gw.app.state.gateway
+        deadline = time.monotonic() + 30
+        while state.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state.in_flight == 0
 
 
 def test_langchain_chat_openai(gateway):

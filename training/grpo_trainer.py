@@ -8,6 +8,7 @@ advantages from subclasses), ``_get_train_sampler`` and ``_save_checkpoint``.
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -81,8 +82,6 @@ class LlmrecGRPOTrainer(GRPOTrainer):
             epoch = self.state.epoch or 0.0
             if abs(epoch - round(epoch)) < 1e-6:  # saved at the end of a pass: nothing to replay
                 state["current_order"] = None
-            import json
-
             with open(os.path.join(folder, "curriculum_state.json"), "w") as f:
                 json.dump(state, f)
 

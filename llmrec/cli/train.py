@@ -16,6 +16,7 @@ RECIPES = {
                     "and an online curriculum")),
     "grpo-bump": ("llmrec.training.grpo_recipe:bump_main",
                   "GRPO for BUMP self-supervised user profiles (bidirectional in-batch ranking reward)"),
+    "tapper": ("llmrec.training.tapper_recipe:main", "TAP-PER per-user soft prefixes (temporal attention, frozen LM)"),
 }
 
 
