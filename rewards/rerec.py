@@ -309,13 +309,21 @@ def make_rerec_reward(k: int = K, w1: float = W1, w2: float = W2, format_weight:
 rerec_reward = make_rerec_reward()
 
 
-def make_component_rewards(k: int = K) -> list[Callable]:
-    """[format, ndcg@k, qas, pas] as separate reward functions (for TRL's ``reward_weights``)."""
+def make_component_rewards(k: int = K, log_with: str = "format") -> list[Callable]:
+    """[format, ndcg@k, qas, pas] as separate reward functions (for TRL's ``reward_weights``).
+
+    ``log_with`` names the one that logs the answers' malformation shares (the format reward does; a run that
+    uses NDCG alone passes "ndcg", so its malformed answers are counted too).
+    """
 
     def named(fn: Callable, name: str) -> Callable:
         f = functools.partial(fn, k=k) if name != "format" else fn
+        logs = name == log_with and name != "format"  # format_reward logs by itself
 
         def reward(prompts, completions, **kwargs):
+            if logs:
+                texts = [completion_text(c) for c in completions]
+                _log_statuses(_parse_all(texts, kwargs), texts, kwargs.get("log_metric"))
             return f(prompts, completions, **kwargs)
 
         reward.__name__ = reward.__qualname__ = name

@@ -70,6 +70,7 @@ def test_plain_grpo_baseline_uses_ndcg_only(tiny_backbone, ml100k_tasks_file, tm
     assert main(["train", "grpo-rerec", *flags]) == 0
     logged = {k for line in (out / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)}
     assert "rewards/ndcg/mean" in logged and "rewards/format/mean" not in logged
+    assert "rerec/format_valid" in logged  # malformed answers are counted without the format reward too
     assert "reasoning/bad_token_share" not in logged and not (out / "curriculum.jsonl").exists()
 
 

@@ -116,20 +116,11 @@ def rerec_setup(args: RerecArguments, grpo_config):
     from llmrec.rewards import rerec as R
     from llmrec.training import rerec_tasks as T
 
-    if args.tasks_file:
-        tasks = T.read_tasks_jsonl(args.tasks_file)
-    else:
-        cf = None
-        if args.cf_dir:
-            from llmrec.cf import load_cf
-
-            cf = load_cf(args.cf_dir)
-        tasks = T.build_rerec_tasks(load_data(args), split="train", n_candidates=args.n_candidates,
-                                    max_history=args.max_history, seed=args.task_seed, cf=cf,
-                                    max_users=args.max_train_tasks)
-    if args.max_train_tasks:
-        tasks = tasks[: args.max_train_tasks]
-    format_r, ndcg_r, qas_r, pas_r = R.make_component_rewards(k=args.ndcg_k)
+    tasks = T.load_rerec_tasks("train", data=args.data, tasks_file=args.tasks_file, item_meta=args.item_meta,
+                               cf_dir=args.cf_dir, n_candidates=args.n_candidates, max_history=args.max_history,
+                               seed=args.task_seed, max_tasks=args.max_train_tasks)
+    format_r, ndcg_r, qas_r, pas_r = R.make_component_rewards(
+        k=args.ndcg_k, log_with="format" if args.reward == "full" else "ndcg")
     if args.reward == "full":
         funcs, weights = [format_r, ndcg_r, qas_r, pas_r], [args.w_format, 1.0, args.w_qas, args.w_pas]
     else:

@@ -302,3 +302,26 @@ def read_tasks_jsonl(path: str | Path) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise DataError(f"not JSON ({e.msg})", file=str(path), record=n) from None
     return tasks
+
+
+def load_rerec_tasks(split: str, *, data: str | Path | None = None, tasks_file: str | Path | None = None,
+                     item_meta: str | Path | None = None, cf_dir: str | Path | None = None, n_candidates: int = 20,
+                     max_history: int = 10, seed: int = 0, max_tasks: int | None = None) -> list[dict]:
+    """Tasks from a JSONL file, or built from a data folder (with the CF run in ``cf_dir`` for PAS).
+
+    What the training recipe and ``llmrec eval rerec`` both do with their command-line arguments.
+    """
+    if tasks_file:
+        tasks = read_tasks_jsonl(tasks_file)
+    else:
+        from llmrec.data import load_recdata
+
+        cf = None
+        if cf_dir:
+            from llmrec.cf import load_cf
+
+            cf = load_cf(cf_dir)
+        recdata = load_recdata(data, **({"item_meta": item_meta} if item_meta else {}))
+        tasks = build_rerec_tasks(recdata, split=split, n_candidates=n_candidates, max_history=max_history,
+                                  seed=seed, cf=cf, max_users=max_tasks)
+    return tasks[:max_tasks] if max_tasks else tasks

@@ -43,21 +43,9 @@ def run(args) -> int:
     from llmrec.eval.rerec_eval import evaluate_rerec
     from llmrec.training import rerec_tasks as T
 
-    if args.tasks_file:
-        tasks = T.read_tasks_jsonl(args.tasks_file)
-    else:
-        from llmrec.data import load_recdata
-
-        cf = None
-        if args.cf_dir:
-            from llmrec.cf import load_cf
-
-            cf = load_cf(args.cf_dir)
-        data = load_recdata(args.data, **({"item_meta": args.item_meta} if args.item_meta else {}))
-        tasks = T.build_rerec_tasks(data, split="test", n_candidates=args.n_candidates,
-                                    max_history=args.max_history, seed=args.task_seed, cf=cf,
-                                    max_users=args.max_tasks)
-    tasks = tasks[: args.max_tasks]
+    tasks = T.load_rerec_tasks("test", data=args.data, tasks_file=args.tasks_file, item_meta=args.item_meta,
+                               cf_dir=args.cf_dir, n_candidates=args.n_candidates, max_history=args.max_history,
+                               seed=args.task_seed, max_tasks=args.max_tasks)
     result = evaluate_rerec(resolve_backbone(args.model), tasks, adapter=args.adapter, engine=args.engine,
                             max_new_tokens=args.max_new_tokens, out=args.out)
     print(json.dumps({k: result[k] for k in ("tasks", "hr@1", "hr@5", "ndcg@10", "mrr", "format_valid", "status")}))
