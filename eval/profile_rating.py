@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from llmrec.errors import LlmrecError
-from llmrec.paths import prompts_dir
+from llmrec.paths import load_prompt_template
 
 STARS = ("1", "2", "3", "4", "5")
 CONDITIONS = ("trained_profile", "no_profile", "untrained_profile", "other_user_profile")
@@ -45,11 +44,7 @@ class RatingTemplate:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> RatingTemplate:
-        path = Path(path) if path else prompts_dir() / "bump" / "rating.yaml"
-        try:
-            return cls(**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}))
-        except TypeError as e:
-            raise LlmrecError(f"{path}: {e}") from None
+        return load_prompt_template(cls, path, "bump/rating.yaml")
 
     def messages(self, review: str, profile: str | None) -> list[dict]:
         review = _cut_words(review, self.max_review_words)

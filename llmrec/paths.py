@@ -44,3 +44,19 @@ def shared_data_dir() -> Path | None:
         if c.is_dir():
             return c
     return None
+
+
+def load_prompt_template(cls, path: str | Path | None, default: str):
+    """A prompt-template dataclass from a YAML file (``default``: its path under ``prompts/``).
+
+    A missing or unknown key is one error line naming the file, not a traceback.
+    """
+    import yaml
+
+    from llmrec.errors import LlmrecError
+
+    path = Path(path) if path else prompts_dir() / default
+    try:
+        return cls(**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}))
+    except TypeError as e:
+        raise LlmrecError(f"{path}: {e}") from None

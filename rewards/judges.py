@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import yaml
 
 from llmrec.errors import LlmrecError
-from llmrec.paths import prompts_dir
+from llmrec.paths import load_prompt_template
 
 
 class Judge(Protocol):
@@ -72,11 +71,7 @@ class JudgeTemplate:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> JudgeTemplate:
-        path = Path(path) if path else prompts_dir() / "bump" / "judge.yaml"
-        try:
-            return cls(**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}))
-        except TypeError as e:
-            raise LlmrecError(f"{path}: {e}") from None
+        return load_prompt_template(cls, path, "bump/judge.yaml")
 
     def messages(self, query: str) -> list[dict]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []

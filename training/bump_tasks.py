@@ -18,11 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from llmrec.data.schema import RecData
 from llmrec.errors import LlmrecError
-from llmrec.paths import prompts_dir
+from llmrec.paths import load_prompt_template
 
 SPLITS = ("train", "test")
 
@@ -49,11 +47,7 @@ class ProfilePromptTemplate:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ProfilePromptTemplate:
-        path = Path(path) if path else prompts_dir() / "bump" / "profile.yaml"
-        try:
-            return cls(**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}))
-        except TypeError as e:
-            raise LlmrecError(f"{path}: {e}") from None
+        return load_prompt_template(cls, path, "bump/profile.yaml")
 
     @staticmethod
     def _fields(it: dict, max_words: int | None) -> dict:

@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from llmrec.data.schema import RecData
 from llmrec.errors import LlmrecError
-from llmrec.paths import prompts_dir
+from llmrec.paths import load_prompt_template
 from llmrec.recommend.next_item import make_cases
 
 SPLITS = ("train", "test")
@@ -65,11 +64,7 @@ class RerecTemplate:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> RerecTemplate:
-        path = Path(path) if path else prompts_dir() / "rerec" / "task.yaml"
-        try:
-            return cls(**yaml.safe_load(path.read_text()))
-        except TypeError as e:
-            raise LlmrecError(f"{path}: {e}") from None
+        return load_prompt_template(cls, path, "rerec/task.yaml")
 
     def title(self, raw: str) -> str:
         """A title as shown: HTML entities decoded (Amazon metadata has "&amp;"), cut to ``max_title_chars``."""

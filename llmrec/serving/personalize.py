@@ -11,10 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from llmrec.errors import LlmrecError
-from llmrec.paths import prompts_dir
+from llmrec.paths import load_prompt_template
 from llmrec.serving.api_errors import bad_field
 
 USER_HEADER = "X-Llmrec-User"
@@ -30,11 +27,7 @@ class ProfileTemplate:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ProfileTemplate:
-        path = Path(path) if path else prompts_dir() / "serve" / "profile.yaml"
-        try:
-            return cls(**yaml.safe_load(path.read_text()))
-        except TypeError as e:
-            raise LlmrecError(f"{path}: {e}") from None
+        return load_prompt_template(cls, path, "serve/profile.yaml")
 
 
 @dataclass

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from llmrec.paths import prompts_dir
+from llmrec.paths import load_prompt_template
 from llmrec.serving.api_errors import ApiError, bad_field, expect
 from llmrec.serving.catalog import Catalog
 
@@ -110,8 +109,7 @@ class RecTemplate:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> RecTemplate:
-        path = Path(path) if path else prompts_dir() / "serve" / "recommend.yaml"
-        return cls(**yaml.safe_load(path.read_text()))
+        return load_prompt_template(cls, path, "serve/recommend.yaml")
 
 
 def rec_messages(history_titles: list[str], query: str, next_item, template: RecTemplate) -> list[dict]:
