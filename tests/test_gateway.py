@@ -398,16 +398,19 @@ def _post_raw(port: int, body: dict):
     return sock
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_long_generations_overlap(gateway, tiny_vllm_server, stream):
-    """A long generation holds nothing in the gateway: other requests are forwarded while it is open.
+def test_long_generations_overlap(gateway, tiny_vllm_server):
+    """A long streamed generation holds nothing in the gateway: other requests are forwarded while it is open.
+
+    Streamed, so that the client that never reads keeps it open upstream however fast the tiny model is; a
+    non-streamed one is open only while vLLM generates (about a second here), which races the short requests:
+    that case is tested on a recording upstream (test_a_long_request_does_not_hold_others_back).
 
     (Whether vLLM then finishes the short one first is vLLM's scheduling, not the gateway's: on 2 CPU
     cores the engine busy-waits and vLLM's own API server often answers only when the long one ends.)
     """
     gw = gateway.app.state.gateway
     long = {"model": "tiny", "prompt": PROMPT, "max_tokens": 900, "ignore_eos": True, "temperature": 0,
-            "stream": stream}
+            "stream": True}
     # 16 choices with logprobs stream ~7 MB, more than the kernel buffers between the gateway and a client that
     # never reads (4 MB send buffer at most here): the relay stays open however fast the tiny model generates.
     held = _post_raw(gateway.port, {**long, "n": 16, "logprobs": 5, "temperature": 1.0, "seed": 0})
@@ -420,8 +423,7 @@ def test_long_generations_overlap(gateway, tiny_vllm_server, stream):
             assert _complete(gateway.base_url, max_tokens=2).status_code == 200
         # the held request was open upstream when both short ones were forwarded
         assert _gateway_metric(gateway, "llmrec_gateway_in_flight_max") >= 2
-        if stream:
-            assert gw.in_flight == 1  # and it is held open still, by the client that does not read
+        assert gw.in_flight == 1  # and it is held open still, by the client that does not read
     finally:
         held.close()
 
@@ -438,8 +440,9 @@ class _RecordingUpstream:
     Why not the real server: vLLM 0.32 itself misses some client disconnects (a raw client leaving a direct
     16 x 900-token request after 0.3 s: 1 of 3 non-streamed requests still ran to its end), so a test on vLLM's
     token counter would measure vLLM's race, not the gateway. What the gateway owes is to close its upstream
-    request when its client leaves; this upstream shows it deterministically. Non-streamed requests are never
-    answered (a long generation); streamed ones trickle a chunk every 50 ms for ever.
+    request when its client leaves; this upstream shows it deterministically. Non-streamed requests for more than
+    8 tokens are never answered (a long generation), shorter ones at once; streamed ones trickle a chunk every
+    50 ms for ever.
     """
 
     CHUNK = b'data: {"id":"c","object":"text_completion","choices":[{"index":0,"text":"a"}]}\n\n'
@@ -467,9 +470,16 @@ class _RecordingUpstream:
                         self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                          b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
                         continue
+                    request = json.loads(body)
+                    if not request.get("stream") and request.get("max_tokens", 16) <= 8:
+                        data = json.dumps({"id": "s", "object": "text_completion", "model": "tiny",
+                                           "choices": [{"index": 0, "text": "ok", "finish_reason": "length"}]}).encode()
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                         b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+                        continue
                     outer.forwarded.set()
                     try:
-                        if json.loads(body).get("stream"):
+                        if request.get("stream"):
                             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                                              b"Transfer-Encoding: chunked\r\n\r\n")
                             while True:
@@ -495,6 +505,18 @@ class _RecordingUpstream:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_a_long_request_does_not_hold_others_back(tiny_backbone):
+    with (_RecordingUpstream() as upstream,
+          GatewayThread(GatewayConfig(upstream=upstream.url, base_model="tiny", model_path=tiny_backbone)) as gw,
+          _post_raw(gw.port, {"model": "tiny", "prompt": PROMPT, "max_tokens": 900})):
+        assert upstream.forwarded.wait(60), "the gateway did not forward the long request"
+        for _ in range(2):
+            assert _complete(gw.base_url, max_tokens=2).json()["choices"][0]["text"] == "ok"
+        # both short ones were forwarded and answered while the long one was open upstream
+        assert _gateway_metric(gw, "llmrec_gateway_in_flight_max") >= 2
+        assert not upstream.closed.is_set()
 
 
 @pytest.mark.parametrize("stream", [False, True])
