@@ -10,7 +10,7 @@ import pytest
 
 from llmrec.carbon.frontier import pareto_front, reductions, sweep
 from llmrec.carbon.rerank import carbon_penalty, normalize_relevance, read_pcf, rerank, rerank_cf, rerank_loop
-from llmrec.errors import DataError
+from llmrec.errors import DataError, LlmrecError
 
 # 2 users x 4 items. PCFs 1000/100/10/1 kg -> log10 3/2/1/0 -> penalty 1, 2/3, 1/3, 0.
 SCORES = np.array([[4.0, 3.5, 1.0, 0.0],    # rel 1, 0.875, 0.25, 0
@@ -149,3 +149,49 @@ def test_cli_rerank_and_frontier(tmp_path, capsys):
     assert (tmp_path / "fr" / "run.png").stat().st_size > 10_000
     assert set(json.loads((tmp_path / "fr" / "run.json").read_text())["reductions"]) == {"1%", "5%", "10%"}
     assert "carbon -" in capsys.readouterr().out
+
+
+def test_any_models_scores_from_a_ranking_run(tmp_path, capsys):
+    """An LLM ranker's candidate scores (a JSON run) re-ranked and swept over a CF run's split."""
+    from llmrec.carbon.rerank import load_run_scores
+    from llmrec.cf import load_cf
+    from llmrec.cli.main import main
+
+    pcf = _fake_cf(tmp_path / "run")
+    cf = load_cf(tmp_path / "run")
+    run, cands = {}, {}
+    for u in (0, 4, 7):
+        seen = set(cf.seen_rows(f"u{u}").tolist())
+        others = [i for i in range(60) if i not in seen and i != cf.test_item[u]][:3]
+        train_item = int(cf.train_items[cf.train_indptr[u]])
+        # Scores: others[0] 9, the test item 8, others[1..2] 7 and 6; a seen item 10 (must stay masked).
+        run[f"u{u}"] = {f"i{others[0]}": 9.0, f"i{cf.test_item[u]}": 8.0, f"i{others[1]}": 7.0,
+                        f"i{others[2]}": 6.0, f"i{train_item}": 10.0}
+        cands[u] = [others[0], int(cf.test_item[u]), others[1], others[2]]
+    (tmp_path / "llm.json").write_text(json.dumps(run))
+    model = load_run_scores(tmp_path / "llm.json", cf)
+    assert model.scored_users.tolist() == [0, 4, 7]
+    rows, top0 = rerank_cf(model, carbon_penalty(pcf), 0.0, k=10, users=model.scored_users)
+    assert [t[t >= 0].tolist() for t in top0] == [cands[u] for u in (0, 4, 7)]   # unscored items never appear
+    assert rows.tolist() == [0, 4, 7]
+    _, top1 = rerank_cf(model, carbon_penalty(pcf), 1.0, k=10, users=model.scored_users)
+    assert [t[t >= 0].tolist() for t in top1] == [sorted(cands[u]) for u in (0, 4, 7)]  # lightest = lowest index
+    table = sweep(model, pcf, np.array([0.0, 1.0]), progress=False)
+    assert table["n_users"].tolist() == [3, 3]
+    assert table["ndcg@10"].iloc[0] == pytest.approx(1 / np.log2(3))           # test item second for all three
+    assert table["recall@10"].tolist() == [1.0, 1.0]
+
+    pd.DataFrame({"item_id": [f"i{i}" for i in range(60)], "pcf_kg": pcf}).to_csv(tmp_path / "pcf.csv", index=False)
+    assert main(["carbon", "frontier", "--cf", str(tmp_path / "run"), "--scores", str(tmp_path / "llm.json"),
+                 "--pcf", str(tmp_path / "pcf.csv"), "--out", str(tmp_path / "fr"), "--points", "3"]) == 0
+    assert (tmp_path / "fr" / "run.csv").is_file() and (tmp_path / "fr" / "llm.csv").is_file()
+    assert "llm (3 users): lambda 0 ndcg@10 0.6309" in capsys.readouterr().out
+    assert main(["carbon", "rerank", "--cf", str(tmp_path / "run"), "--scores", str(tmp_path / "llm.json"),
+                 "--pcf", str(tmp_path / "pcf.csv"), "--lambda", "0", "--out", str(tmp_path / "top.jsonl")]) == 0
+    recs = [json.loads(x) for x in (tmp_path / "top.jsonl").read_text().splitlines()]
+    assert [r["user_id"] for r in recs] == ["u0", "u4", "u7"]
+    assert recs[0]["items"] == [f"i{i}" for i in cands[0]]
+
+    (tmp_path / "other.json").write_text(json.dumps({"stranger": {"i1": 1.0}}))
+    with pytest.raises(LlmrecError, match="1 users \\(e.g. 'stranger'\\) are not in the CF run"):
+        load_run_scores(tmp_path / "other.json", cf)

@@ -24,8 +24,8 @@ def sweep(cf, pcf_kg: np.ndarray, lambdas: np.ndarray, k: int = 10, batch: int =
           progress: bool = True) -> pd.DataFrame:
     """One row per lambda: ndcg@k, recall@k, mean_pcf_kg, mean_log10_pcf, total_pcf_kg, n_users.
 
-    Users are those with a test item. The relevance of each batch of users is computed once and
-    reused for every lambda.
+    ``cf``: a ``llmrec.cf`` run or ``RunScores`` (then only the users the run scores). Users are those
+    with a test item. The relevance of each batch of users is computed once and reused for every lambda.
     """
     from tqdm.auto import tqdm
 
@@ -36,6 +36,8 @@ def sweep(cf, pcf_kg: np.ndarray, lambdas: np.ndarray, k: int = 10, batch: int =
     filled = 10 ** np.where(np.isfinite(pcf_kg), np.log10(pcf_kg), np.nan)
     filled = np.where(np.isfinite(filled), filled, np.nanmedian(pcf_kg))
     users = np.flatnonzero(cf.test_item >= 0)
+    if hasattr(cf, "scored_users"):
+        users = np.intersect1d(users, cf.scored_users)
     lambdas = np.asarray(lambdas, dtype=np.float64)
     tops = np.full((len(lambdas), len(users), k), -1, dtype=np.int64)
     n_batches = -(-len(users) // batch)
@@ -108,22 +110,33 @@ def plot_frontier(table: pd.DataFrame, png: str | Path, title: str, metric: str 
     return Path(png)
 
 
+def run_name(cf_dir: str | Path, scores: str | Path | None = None) -> str:
+    """What a sweep's files are named after: the CF run's folder, or the score file's name up to its first dot."""
+    return Path(scores).name.split(".")[0] if scores is not None else Path(cf_dir).name
+
+
 def run_frontier(cf_dir: str | Path, pcf_kg: np.ndarray, out: str | Path, points: int = 50, k: int = 10,
-                 progress: bool = True) -> tuple[pd.DataFrame, dict]:
-    """Sweep ``points`` lambdas in [0, 1] for the run in ``cf_dir``; writes <name>.csv / .png / .json to ``out``."""
+                 progress: bool = True, scores: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
+    """Sweep ``points`` lambdas in [0, 1] for the run in ``cf_dir`` (or, with ``scores``, for that ranking run
+    over ``cf_dir``'s split); writes <name>.csv / .png / .json to ``out``."""
     import json
 
+    from llmrec.carbon.rerank import load_run_scores
     from llmrec.cf import load_cf
 
-    cf = load_cf(cf_dir)
-    name = Path(cf_dir).name
-    table = sweep(cf, pcf_kg, np.linspace(0.0, 1.0, points), k=k, progress=progress)
+    model = load_cf(cf_dir)
+    name = run_name(cf_dir, scores)
+    if scores is not None:
+        model = load_run_scores(scores, model)
+    table = sweep(model, pcf_kg, np.linspace(0.0, 1.0, points), k=k, progress=progress)
     table["pareto"] = pareto_front(table[f"ndcg@{k}"], table["mean_pcf_kg"])
     red = reductions(table, metric=f"ndcg@{k}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / f"{name}.csv", index=False)
     plot_frontier(table, out / f"{name}.png", f"{name}: carbon-aware re-ranking", metric=f"ndcg@{k}")
-    (out / f"{name}.json").write_text(json.dumps({"cf": str(cf_dir), "model": cf.model_name, "points": points,
-                                                  "k": k, "reductions": red}, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps({"cf": str(cf_dir), "scores": None if scores is None else str(scores),
+                                                  "model": model.model_name, "points": points, "k": k,
+                                                  "n_users": int(table["n_users"].iloc[0]), "reductions": red},
+                                                 indent=2) + "\n")
     return table, red

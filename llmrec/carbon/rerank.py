@@ -154,14 +154,20 @@ def rerank_loop(scores: np.ndarray, penalty: np.ndarray, lam: float, k: int = 10
 # llmrec.cf runs
 
 
+def csr_gather(indptr: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(block row, position in the CSR arrays) of every stored entry of rows ``users``, without a Python loop."""
+    starts, ends = indptr[users], indptr[users + 1]
+    counts = ends - starts
+    rows = np.repeat(np.arange(len(users)), counts)
+    pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+    return rows, pos
+
+
 def seen_mask(cf, users: np.ndarray) -> np.ndarray:
     """[len(users), n_items] bool: train + valid items of each user (what ``cf.topk`` excludes)."""
     users = np.asarray(users, dtype=np.int64)
     mask = np.zeros((len(users), len(cf.item_ids)), dtype=bool)
-    starts, ends = cf.train_indptr[users], cf.train_indptr[users + 1]
-    counts = ends - starts
-    rows = np.repeat(np.arange(len(users)), counts)
-    pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+    rows, pos = csr_gather(cf.train_indptr, users)
     mask[rows, cf.train_items[pos]] = True
     valid = cf.valid_item[users]
     mask[np.flatnonzero(valid >= 0), valid[valid >= 0]] = True
@@ -186,3 +192,61 @@ def rerank_cf(cf, penalty: np.ndarray, lam: float, k: int = 10, users: np.ndarra
         us.append(u)
         tops.append(topk_rows(combine(rel, penalty, lam), k))
     return np.concatenate(us), np.concatenate(tops)
+
+
+# -------------------------------------------------------------------------------------------------
+# Any model's scores: a ranking run file on top of a CF run's split
+
+
+class RunScores:
+    """Scores of any recommender (an llmrec LLM ranker, an external model) in place of the CF model's own.
+
+    The scores come from a ranking run (TREC run or JSON ``{user: {item: score}}``, what ``llmrec eval
+    ranking --run`` reads); users, items, the seen items and each user's test item come from the CF run
+    whose split the model was evaluated on. An item the run does not score for a user is never
+    recommended to that user (an LLM ranker typically scores a candidate list, not the catalog); users
+    absent from the run get no list. Everything else reads through to the CF run.
+    """
+
+    def __init__(self, cf, user_rows: np.ndarray, item_rows: np.ndarray, scores: np.ndarray, name: str):
+        # Kept sparse (CSR by user): a dense users x items table of Beauty would take 2 GB.
+        order = np.lexsort((item_rows, user_rows))
+        self._cf = cf
+        self._items = np.asarray(item_rows, dtype=np.int64)[order]
+        self._scores = np.asarray(scores, dtype=np.float64)[order]
+        self._indptr = np.concatenate([[0], np.cumsum(np.bincount(user_rows, minlength=len(cf.user_ids)))])
+        self.model_name = name
+
+    def __getattr__(self, attr):
+        return getattr(self._cf, attr)
+
+    def _score_rows(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
+        """[len(users), n_items] (or [len(users), len(items)]) float64, NaN where the run has no score."""
+        users = np.asarray(users, dtype=np.int64)
+        out = np.full((len(users), len(self._cf.item_ids)), np.nan)
+        rows, pos = csr_gather(self._indptr, users)
+        out[rows, self._items[pos]] = self._scores[pos]
+        return out if items is None else out[:, items]
+
+    @property
+    def scored_users(self) -> np.ndarray:
+        return np.flatnonzero(np.diff(self._indptr) > 0)
+
+
+def load_run_scores(path: str | Path, cf) -> RunScores:
+    """``RunScores`` of the run file at ``path`` over the users and items of ``cf`` (ids not in ``cf`` are an
+    error: they mean the run was made on another data set or split)."""
+    from llmrec.eval.run_io import read_run
+
+    run = read_run(path)
+    users = {u: i for i, u in enumerate(cf.user_ids)}
+    items = {x: i for i, x in enumerate(cf.item_ids)}
+    unknown_u = [u for u in run.query_ids if u not in users]
+    unknown_i = [x for x in run.doc_ids if x not in items]
+    if unknown_u or unknown_i:
+        what = (f"{len(unknown_u)} users (e.g. {unknown_u[0]!r})" if unknown_u else
+                f"{len(unknown_i)} items (e.g. {unknown_i[0]!r})")
+        raise LlmrecError(f"{path}: {what} are not in the CF run {cf.path}: the scores must be over its data set")
+    q = np.array([users[u] for u in run.query_ids], dtype=np.int64)[run.q]
+    d = np.array([items[x] for x in run.doc_ids], dtype=np.int64)[run.d]
+    return RunScores(cf, q, d, run.score, name=Path(path).name)

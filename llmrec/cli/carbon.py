@@ -1,4 +1,4 @@
-"""``llmrec carbon ...``: product-carbon-footprint (PCF) estimation and its grouped cross-validation."""
+"""``llmrec carbon ...``: catalog products, PCF estimation and its cross-validation, carbon-aware re-ranking."""
 
 from __future__ import annotations
 
@@ -48,11 +48,48 @@ example:
       --llm_sample 40 --out runs/carbon_cv_llm
 """
 
+ITEMS_DESCRIPTION = """\
+Turn any data set llmrec loads into the products file of `llmrec carbon estimate --items`. An item
+with a title is named by it (description: brand, category: its most specific category). An item
+without one (e.g. the 2014 Amazon 5-cores, which have no metadata) is described by its reviews: up to
+4 distinct review summaries as the name, the opening sentences of its 3 longest reviews as the
+description. Each line records its "source" ("title" or "reviews").
+
+example:
+  llmrec carbon items ../shared/data/amazon/musical_instruments_5core_2014 --out runs/carbon_mi/items.jsonl
+  llmrec carbon estimate --reference ../shared/data/carbon/carbon_catalogue/carbon_catalogue_product_level.csv \\
+      --items runs/carbon_mi/items.jsonl --mode nn --out runs/carbon_mi/pcf_nn.jsonl
+"""
+
+
+def run_items(args: argparse.Namespace) -> int:
+    from llmrec.carbon.items import catalog_items, write_items
+    from llmrec.cli.data_load import load_data
+
+    _, data = load_data(args)
+    records = catalog_items(data, default_category=args.category)
+    write_items(records, args.out)
+    by_source = Counter(r["source"] for r in records)
+    left_out = len(data.items) - len(records)
+    print(f"{data.name}: {len(records):,} of {len(data.items):,} items written ({by_source.get('title', 0):,} by "
+          f"title, {by_source.get('reviews', 0):,} by reviews; {left_out:,} with neither left out) to {args.out}")
+    return 0
+
+
 def register(sub) -> None:
-    p = add_command(sub, "carbon", help="product carbon footprints: estimate PCFs (LLM few-shot + NN), evaluate",
+    p = add_command(sub, "carbon", help="product carbon footprints: estimate PCFs (LLM few-shot + NN), evaluate, carbon-aware re-ranking",
                     description="Product-carbon-footprint (PCF) estimation for carbon-aware recommendation.")
-    # More subcommands (re-ranking, the carbon/accuracy frontier) register on csub the same way.
     csub = p.add_subparsers(dest="carbon_command", metavar="CARBON_COMMAND", required=True)
+
+    from llmrec.cli.data_load import add_load_args
+
+    i = add_command(csub, "items", help="write a data set's items as products to estimate (title or reviews)",
+                    description=ITEMS_DESCRIPTION)
+    add_load_args(i)
+    i.add_argument("--out", required=True, help="output .jsonl (id, name, description, category, source)")
+    i.add_argument("--category", default=None,
+                   help="category for items without one (default: the data set's name, e.g. 'Musical Instruments')")
+    i.set_defaults(func=run_items)
 
     e = add_command(csub, "estimate", help="estimate the PCF of products (LLM few-shot with NN fallback)",
                     description=ESTIMATE_DESCRIPTION)
@@ -84,13 +121,20 @@ def register(sub) -> None:
     r.add_argument("--lambda", dest="lam", type=float, default=0.3,
                    help="carbon weight in [0, 1]: 0 = the model's order, 1 = lowest carbon first (default: %(default)s)")
     r.add_argument("--k", type=int, default=10, help="list length (default: %(default)s)")
-    r.add_argument("--users", default=None, help="comma-separated user ids (default: every user)")
+    r.add_argument("--scores", default=None, metavar="RUN",
+                   help="re-rank these scores instead of the CF model's: a ranking run (TREC run or JSON "
+                        "{user: {item: score}}) over the --cf run's users and items, e.g. an LLM ranker's")
+    r.add_argument("--users", default=None,
+                   help="comma-separated user ids (default: every user; with --scores, every user it scores)")
     r.add_argument("--out", required=True, help="output .jsonl (one line per user) or .csv (user, rank, item)")
     r.set_defaults(func=run_rerank)
 
     f = add_command(csub, "frontier", help="lambda sweep: NDCG/Recall@10 vs carbon of the top-10, Pareto frontier",
                     description=FRONTIER_DESCRIPTION)
     f.add_argument("--cf", required=True, action="append", help="a CF run folder (repeat for several)")
+    f.add_argument("--scores", action="append", default=[], metavar="RUN",
+                   help="also sweep this ranking run (TREC run or JSON {user: {item: score}}, e.g. an LLM ranker's) "
+                        "over the split of the one --cf run (repeat for several)")
     f.add_argument("--pcf", required=True, help="item PCFs: `llmrec carbon estimate` output (.jsonl/.csv)")
     f.add_argument("--out", required=True, help="output folder (<run>.csv, <run>.png, <run>.json, summary.md)")
     f.add_argument("--points", type=int, default=50, help="lambdas evenly spaced in [0, 1] (default: %(default)s)")
@@ -243,7 +287,7 @@ example:
 def run_rerank(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from llmrec.carbon.rerank import carbon_penalty, read_pcf, rerank_cf
+    from llmrec.carbon.rerank import carbon_penalty, load_run_scores, read_pcf, rerank_cf
     from llmrec.cf import load_cf
     from llmrec.errors import LlmrecError
 
@@ -253,6 +297,9 @@ def run_rerank(args: argparse.Namespace) -> int:
     if missing == len(pcf):
         raise LlmrecError(f"{args.pcf}: none of its ids is an item of {args.cf}")
     users = cf.user_index([u.strip() for u in args.users.split(",")]) if args.users else None
+    if args.scores:
+        cf = load_run_scores(args.scores, cf)
+        users = cf.scored_users if users is None else users
     rows, top = rerank_cf(cf, carbon_penalty(pcf), args.lam, args.k, users)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -275,24 +322,28 @@ def run_frontier(args: argparse.Namespace) -> int:
     import numpy as np
 
     from llmrec.carbon.frontier import run_frontier as frontier
+    from llmrec.carbon.frontier import run_name
     from llmrec.carbon.rerank import read_pcf
     from llmrec.cf import load_cf
     from llmrec.errors import LlmrecError
 
+    if args.scores and len(args.cf) != 1:
+        raise LlmrecError("--scores needs exactly one --cf: the run whose users, items and split the scores are over")
     out = Path(args.out)
     lines = [f"| run | loss budget | lambda | ndcg@{args.k} | mean PCF kg | carbon reduction |", "|---|---|---|---|---|---|"]
-    for cf_dir in args.cf:
+    for cf_dir, scores in [(c, None) for c in args.cf] + [(args.cf[0], s) for s in args.scores]:
         _, pcf = read_pcf(args.pcf, load_cf(cf_dir).item_ids)
         if np.isnan(pcf).all():
             raise LlmrecError(f"{args.pcf}: none of its ids is an item of {cf_dir}")
-        table, red = frontier(cf_dir, pcf, out, points=args.points, k=args.k)
+        table, red = frontier(cf_dir, pcf, out, points=args.points, k=args.k, scores=scores)
         base = table.iloc[0]
-        print(f"{Path(cf_dir).name}: lambda 0 ndcg@{args.k} {base[f'ndcg@{args.k}']:.4f}, mean PCF "
+        name = run_name(cf_dir, scores)
+        print(f"{name} ({int(base['n_users'])} users): lambda 0 ndcg@{args.k} {base[f'ndcg@{args.k}']:.4f}, mean PCF "
               f"{base['mean_pcf_kg']:.3g} kg; Pareto points {int(table['pareto'].sum())} of {len(table)}")
         for loss, r in red.items():
             print(f"  <= {loss} NDCG loss: lambda {r['lambda']:.3f}, ndcg {r[f'ndcg@{args.k}']:.4f}, mean PCF "
                   f"{r['mean_pcf_kg']:.3g} kg, carbon -{r['carbon_reduction']:.1%}")
-            lines.append(f"| {Path(cf_dir).name} | {loss} | {r['lambda']:.3f} | {r[f'ndcg@{args.k}']:.4f} | "
+            lines.append(f"| {name} | {loss} | {r['lambda']:.3f} | {r[f'ndcg@{args.k}']:.4f} | "
                          f"{r['mean_pcf_kg']:.3g} | {r['carbon_reduction']:.1%} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")

@@ -12,7 +12,7 @@ _FORMATS_HELP = ("auto (default), llmrec, movielens-100k, movielens-1m, movielen
                  "amazon, or a dotted path to your own load(path, **opts) function")
 
 
-def _add_load_args(p: argparse.ArgumentParser) -> None:
+def add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help="a data file or folder")
     p.add_argument("--format", default="auto", help=f"input format: {_FORMATS_HELP}")
     p.add_argument("--item-meta", metavar="FILE",
@@ -25,7 +25,7 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
                    "(repeatable; VALUE is read as JSON when it parses, else as text)")
 
 
-def _load_opts(args: argparse.Namespace) -> dict:
+def load_opts(args: argparse.Namespace) -> dict:
     opts: dict = {}
     for kv in args.opt:
         key, sep, value = kv.partition("=")
@@ -42,11 +42,11 @@ def _load_opts(args: argparse.Namespace) -> dict:
     return opts
 
 
-def _load(args: argparse.Namespace):
+def load_data(args: argparse.Namespace):
     from llmrec.data.loading import detect_format, load_recdata
 
     fmt = detect_format(args.path) if args.format == "auto" else args.format
-    return fmt, load_recdata(args.path, format=fmt, **_load_opts(args))
+    return fmt, load_recdata(args.path, format=fmt, **load_opts(args))
 
 
 def describe(data, fmt: str) -> list[str]:
@@ -85,7 +85,7 @@ def describe(data, fmt: str) -> list[str]:
 
 
 def _info(args: argparse.Namespace) -> int:
-    fmt, data = _load(args)
+    fmt, data = load_data(args)
     print(f"data: {args.path}")
     print("\n".join(describe(data, fmt)))
     return 0
@@ -99,7 +99,7 @@ def _convert(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise LlmrecError(f"{out} exists and is not empty; pass --overwrite or choose another --out")
-    fmt, data = _load(args)
+    fmt, data = load_data(args)
     save_recdata(data, out, source=str(Path(args.path).resolve()), format=fmt)
     print("\n".join(describe(data, fmt)))
     print(f"saved: {out}/{{users,items,interactions}}.parquet + {MANIFEST}")
@@ -113,14 +113,14 @@ def register(sub) -> None:
                     "print users, items, interactions, time range, rating distribution and what was filtered.\n\n"
                     "example:\n  llmrec data info /data/ml-100k\n"
                     "  llmrec data info openp5_beauty --item-meta Amazon_Beauty.item")
-    _add_load_args(p)
+    add_load_args(p)
     p.set_defaults(func=_info)
 
     p = add_command(sub, "convert", help="load a data set and save it in llmrec's format (parquet + recdata.json)",
                     description="Load a recommendation data set and save its users, items and interactions as "
                     "parquet files with a recdata.json manifest; 'llmrec data info DIR' and load_recdata(DIR) "
                     "read it back (format 'llmrec').\n\nexample:\n  llmrec data convert /data/ml-100k --out ml100k")
-    _add_load_args(p)
+    add_load_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     p.set_defaults(func=_convert)
