@@ -268,6 +268,7 @@ async def _generate(
     api_key: str,
     system: str | None,
     progress: bool,
+    users: Sequence[str] | None = None,
 ) -> tuple[list[str | None], list[str | None], dict]:
     import openai
     from tqdm.auto import tqdm
@@ -288,6 +289,8 @@ async def _generate(
                 "top_p": decoding.top_p,
                 "seed": decoding.seed,
             }
+            if users is not None:
+                common["user"] = users[i]
             async with sem:
                 try:
                     if decoding.api == "chat":
@@ -318,15 +321,19 @@ def generate(
     api_key: str = "EMPTY",
     system: str | None = None,
     progress: bool = True,
+    users: Sequence[str] | None = None,
 ) -> tuple[list[str | None], list[str | None], dict]:
     """Sends ``prompts`` concurrently; returns (answers, errors, served model info).
 
+    ``users`` (one per prompt) go in OpenAI's ``user`` field, which the llmrec gateway personalizes by.
     A request that still fails after the client's retries gets answer None and its error text.
     An unreachable endpoint or an unknown model raises ``LlmrecError`` before any prompt is sent.
     """
     if decoding.api not in ("chat", "completions"):
         raise LlmrecError(f"--api must be 'chat' or 'completions', got '{decoding.api}'")
-    return asyncio.run(_generate(endpoint, model, prompts, decoding, opts, api_key, system, progress))
+    if users is not None and len(users) != len(prompts):
+        raise LlmrecError(f"{len(users)} users for {len(prompts)} prompts")
+    return asyncio.run(_generate(endpoint, model, prompts, decoding, opts, api_key, system, progress, users))
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,9 +372,13 @@ def run_live(
     api_key: str = "EMPTY",
     limit: int | None = None,
     progress: bool = True,
+    send_user: bool = False,
 ) -> LiveResult:
     """Generates predictions for every question (or the first ``limit``), scores them, builds the report.
 
+    ``send_user``: each request carries its question's ``user_id`` as OpenAI's ``user`` field, so the llmrec
+    gateway applies that user's stored personalization (TAP-PER prefix, profile text, adapter); with
+    ``retriever="none"`` that personalization is then the only user information in the request.
     ``decoding.max_tokens`` of 0 means the template's default. Failed requests become empty
     predictions (scored as wrong) and are listed in the report; if every request fails, raises.
     """
@@ -400,8 +411,16 @@ def run_live(
     ret = get_retriever(retriever)
     t1 = time.perf_counter()
     prompts = build_prompts(questions, template, ret, k)
+    users = None
+    if send_user:
+        no_user = [q["id"] for q in questions if not q.get("user_id")]
+        if no_user:
+            raise LlmrecError(f"--send_user: {len(no_user)} questions have no 'user_id' (e.g. {no_user[0]!r}); "
+                              "llmrec data build-lamp writes it, official LaMP files do not have it")
+        users = [str(q["user_id"]) for q in questions]
     t2 = time.perf_counter()
-    answers, errors, served = generate(endpoint, model, prompts, decoding, client, api_key, template.system, progress)
+    answers, errors, served = generate(endpoint, model, prompts, decoding, client, api_key, template.system, progress,
+                                       users)
     t3 = time.perf_counter()
     failures = [{"id": i, "error": e} for i, e in zip(qids, errors) if e is not None]
     if failures and len(failures) == len(qids):
@@ -422,6 +441,7 @@ def run_live(
         "decoding": asdict(decoding),
         "template": {"name": template.name, "path": str(template.path), "sha256": template.sha256},
         "retriever": {"name": retriever, "k": k},
+        "send_user": send_user,
         "postprocess": POSTPROCESS_RULES[kind]
         + (" (first line only)" if kind == GENERATION and template.answer == "first_line" else ""),
         "client": asdict(client),

@@ -185,6 +185,38 @@ def test_prefix_changes_output_and_matches_hugging_face(gateway, tiny_backbone, 
                                                                          ["input_ids"]), skip_special_tokens=True)
 
 
+def test_lamp_eval_sends_each_questions_user_to_the_gateway(gateway, store, prefix, shared_data):
+    """``llmrec eval lamp --send_user``: the question's user_id reaches the gateway, which applies that user's
+    stored prefix (counted in /metrics; the tiny model's few greedy tokens need not change); a user without
+    stored state gets exactly the plain answer."""
+    from llmrec.eval.lamp_predict import Decoding, run_live
+
+    data = shared_data / "lamp" / "derived_lamp3_like_amazon_mi"
+    if not data.is_dir():
+        pytest.skip("derived LaMP_3 data not in ../shared/data")
+    first = json.loads((data / "dev_questions.json").read_text())[0]
+    store.update(first["user_id"], prefix=prefix)      # the first question's user has a prefix, the second none
+
+    def answers(send_user):
+        res = run_live(endpoint=gateway.base_url, model="tiny", questions_path=data / "dev_questions.json",
+                       golds_path=data / "dev_outputs.json", task="LaMP_3", retriever="none", k=0, limit=2,
+                       decoding=Decoding(api="completions", max_tokens=6), progress=False, send_user=send_user)
+        assert res.report["send_user"] is send_user
+        return list(res.raw_answers.values())
+
+    def prefixed_requests() -> float:
+        text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+        key = 'llmrec_gateway_requests_total{endpoint="completions",personalization="prefix"} '
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(key))
+
+    before = prefixed_requests()
+    plain = answers(False)
+    assert prefixed_requests() == before              # no user field: nothing personalized
+    personal = answers(True)
+    assert prefixed_requests() == before + 1          # exactly the first question's user had a prefix applied
+    assert personal[1] == plain[1]                    # the user without stored state: the plain answer
+
+
 def test_all_mechanisms_together(gateway):
     r = _complete(gateway.base_url, user="dave")
     assert r.headers["x-llmrec-personalization"] == "adapter,profile,prefix"

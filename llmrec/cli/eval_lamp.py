@@ -74,6 +74,14 @@ def register(sub) -> None:
         default="chat",
         help="chat: /v1/chat/completions (model's chat template; default); completions: raw prompt",
     )
+    live.add_argument(
+        "--send_user",
+        "--send-user",
+        dest="send_user",
+        action="store_true",
+        help="send each question's user_id as OpenAI's 'user' field: the llmrec gateway then applies that "
+        "user's stored personalization (TAP-PER prefix, profile, adapter); combine with --retriever none",
+    )
     live.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: 8)")
     live.add_argument(
         "--max-tokens",
@@ -164,6 +172,7 @@ def _run_live(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
         limit=args.limit,
         progress=args.progress,
+        send_user=args.send_user,
     )
     report = result.report
     report["command"] = " ".join(["llmrec", "eval", "lamp", *_argv_for_report(args)])
