@@ -15,7 +15,7 @@ import sys
 from llmrec import __version__
 from llmrec.errors import LlmrecError
 
-SUBCOMMANDS = ["data", "backbone", "train", "eval", "serve", "users", "demo", "carbon", "cf"]
+SUBCOMMANDS = ["data", "backbone", "train", "eval", "serve", "users", "demo", "carbon", "cf", "rgcd", "sailrec"]
 
 
 def build_parser() -> argparse.ArgumentParser:

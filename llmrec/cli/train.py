@@ -17,6 +17,10 @@ RECIPES = {
     "grpo-bump": ("llmrec.training.grpo_recipe:bump_main",
                   "GRPO for BUMP self-supervised user profiles (bidirectional in-batch ranking reward)"),
     "tapper": ("llmrec.training.tapper_recipe:main", "TAP-PER per-user soft prefixes (temporal attention, frozen LM)"),
+    "rgcd": ("llmrec.training.rgcd_recipe:main",
+             "RGCD-Rep: distil teacher reasoning into a student (SFT, LoRA), then transferable/residual item vectors"),
+    "sailrec": ("llmrec.training.sailrec_recipe:main",
+                "SAILRec: CF soft tokens with dual-side alignment and per-layer attention steering (frozen LM)"),
 }
 
 
