@@ -38,6 +38,7 @@ import numpy as np
 
 from llmrec.data.schema import RecData
 from llmrec.errors import LlmrecError
+from llmrec.jsonl import write_jsonl
 from llmrec.paths import load_prompt_template
 from llmrec.recommend.next_item import make_cases
 
@@ -274,11 +275,7 @@ def tasks_to_dataset(tasks: list[dict]):
 
 def write_tasks_jsonl(tasks: list[dict], path: str | Path) -> Path:
     """One task a line (UTF-8 JSON); parent folders created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in tasks)
-    return path
+    return write_jsonl(tasks, path)
 
 
 def read_tasks_jsonl(path: str | Path) -> list[dict]:

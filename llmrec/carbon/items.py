@@ -10,11 +10,9 @@ which of the two each line used, so an evaluation can report them apart.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 from llmrec.data.schema import RecData
 
@@ -86,12 +84,4 @@ def catalog_items(data: RecData, how: ReviewDescription = ReviewDescription(),
         if name:
             out.append({"id": r["item_id"], "name": name, "description": description, "category": category,
                         "source": "reviews"})
-    return out
-
-
-def write_items(records: list[dict], out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
     return out

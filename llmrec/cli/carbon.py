@@ -63,12 +63,13 @@ example:
 
 
 def run_items(args: argparse.Namespace) -> int:
-    from llmrec.carbon.items import catalog_items, write_items
+    from llmrec.carbon.items import catalog_items
     from llmrec.cli.data_load import load_data
+    from llmrec.jsonl import write_jsonl
 
     _, data = load_data(args)
     records = catalog_items(data, default_category=args.category)
-    write_items(records, args.out)
+    write_jsonl(records, args.out)
     by_source = Counter(r["source"] for r in records)
     left_out = len(data.items) - len(records)
     print(f"{data.name}: {len(records):,} of {len(data.items):,} items written ({by_source.get('title', 0):,} by "

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from llmrec.data.schema import RecData
 from llmrec.errors import LlmrecError
-from llmrec.paths import prompts_dir
+from llmrec.paths import load_prompt_template
 
 
 @dataclass
@@ -28,12 +27,7 @@ class NextItemTemplate:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> NextItemTemplate:
-        path = Path(path) if path else prompts_dir() / "rec" / "next_item.yaml"
-        data = yaml.safe_load(path.read_text())
-        try:
-            return cls(**data)
-        except TypeError as e:
-            raise LlmrecError(f"{path}: {e}") from None
+        return load_prompt_template(cls, path, "rec/next_item.yaml")
 
     def messages(self, history: list[dict]) -> list[dict]:
         """Chat messages for a history of ``{"title", "rating"}`` dicts, oldest first."""

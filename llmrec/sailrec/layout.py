@@ -13,8 +13,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from llmrec.errors import LlmrecError
 
 USER_MARK = "<<sailrec:user>>"
@@ -31,13 +29,9 @@ class SailRecTemplate:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> SailRecTemplate:
-        from llmrec.paths import prompts_dir
+        from llmrec.paths import load_prompt_template
 
-        path = Path(path) if path else prompts_dir() / "rec" / "sailrec.yaml"
-        try:
-            return cls(**yaml.safe_load(path.read_text()))
-        except TypeError as e:
-            raise LlmrecError(f"{path}: {e}") from None
+        return load_prompt_template(cls, path, "rec/sailrec.yaml")
 
     def messages(self, titles: list[str], cf: bool = True) -> list[dict]:
         """Chat messages for the history ``titles`` (oldest first), with soft-token markers when ``cf``."""
