@@ -39,24 +39,11 @@ from llmrec.errors import LlmrecError
 from llmrec.eval.lamp_metrics import check_ids, count_unparseable, score_outputs, task_info
 from llmrec.eval.retrieval import get_retriever
 from llmrec.paths import prompts_dir
+from llmrec.text import BlankMap, cut_words
 
 # --------------------------------------------------------------------------------------------
 # Templates
 # --------------------------------------------------------------------------------------------
-
-
-class _Blank(dict):
-    """Format mapping where a field an item lacks renders as empty text."""
-
-    def __missing__(self, key: str) -> str:
-        return ""
-
-
-def _cut_words(text: str, n: int | None) -> str:
-    if n is None:
-        return text
-    words = text.split()
-    return text if len(words) <= n else " ".join(words[:n])
 
 
 @dataclass
@@ -124,18 +111,20 @@ class LampTemplate:
 
     def render(self, inp: str, items: Sequence[dict]) -> str:
         """The prompt for input ``inp`` with the retrieved profile ``items`` (best first)."""
-        inp = _cut_words(inp, self.max_input_words)
+        inp = cut_words(inp, self.max_input_words)
         if not items:
-            return self.prompt_without_profile.format_map(_Blank(input=inp))
-        parts = []
-        for it in items:
-            values = _Blank({k: "" if v is None else str(v) for k, v in it.items()})
-            values["item_text"] = self.item_text(it)
-            for f in self.truncate_fields:
-                if f in values:
-                    values[f] = _cut_words(values[f], self.max_item_words)
-            parts.append(string.Formatter().vformat(self.item, (), values))
-        return self.prompt.format_map(_Blank(profile=self.item_separator.join(parts), input=inp))
+            return self.prompt_without_profile.format_map(BlankMap(input=inp))
+        parts = [self.render_item(it) for it in items]
+        return self.prompt.format_map(BlankMap(profile=self.item_separator.join(parts), input=inp))
+
+    def render_item(self, entry: dict) -> str:
+        """One profile entry as the template's ``item`` line (long fields cut to ``max_item_words``)."""
+        values = BlankMap({k: "" if v is None else str(v) for k, v in entry.items()})
+        values["item_text"] = self.item_text(entry)
+        for f in self.truncate_fields:
+            if f in values:
+                values[f] = cut_words(values[f], self.max_item_words)
+        return string.Formatter().vformat(self.item, (), values)
 
 
 def build_prompts(questions: Sequence[dict], template: LampTemplate, retriever, k: int) -> list[str]:

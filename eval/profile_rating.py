@@ -22,14 +22,10 @@ import numpy as np
 
 from llmrec.errors import LlmrecError
 from llmrec.paths import load_prompt_template
+from llmrec.text import cut_words
 
 STARS = ("1", "2", "3", "4", "5")
 CONDITIONS = ("trained_profile", "no_profile", "untrained_profile", "other_user_profile")
-
-
-def _cut_words(text: str, n: int | None) -> str:
-    words = text.split()
-    return " ".join(words if n is None else words[:n])
 
 
 @dataclass
@@ -47,9 +43,9 @@ class RatingTemplate:
         return load_prompt_template(cls, path, "bump/rating.yaml")
 
     def messages(self, review: str, profile: str | None) -> list[dict]:
-        review = _cut_words(review, self.max_review_words)
+        review = cut_words(review, self.max_review_words, squeeze=True)
         if profile and profile.strip():
-            text = self.prompt.format(profile=_cut_words(profile, self.max_profile_words), review=review)
+            text = self.prompt.format(profile=cut_words(profile, self.max_profile_words, squeeze=True), review=review)
         else:
             text = self.prompt_without_profile.format(review=review)
         msgs = [{"role": "system", "content": self.system}] if self.system else []

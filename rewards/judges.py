@@ -22,15 +22,11 @@ import numpy as np
 
 from llmrec.errors import LlmrecError
 from llmrec.paths import load_prompt_template
+from llmrec.text import cut_words
 
 
 class Judge(Protocol):
     def score_matrix(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray: ...
-
-
-def _cut_words(text: str, n: int | None) -> str:
-    words = text.split()
-    return text if n is None or len(words) <= n else " ".join(words[:n])
 
 
 class SentenceTransformerJudge:
@@ -75,7 +71,7 @@ class JudgeTemplate:
 
     def messages(self, query: str) -> list[dict]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
-        return msgs + [{"role": "user", "content": self.prompt.format(query=_cut_words(query, self.max_query_words))}]
+        return msgs + [{"role": "user", "content": self.prompt.format(query=cut_words(query, self.max_query_words))}]
 
 
 class LMJudge:
@@ -115,7 +111,7 @@ class LMJudge:
         if not len(queries) or not len(docs):
             return out
         prompts = [self.template.messages(q) for q in queries]
-        cut = [_cut_words(d, self.template.max_doc_words) for d in docs]
+        cut = [cut_words(d, self.template.max_doc_words) for d in docs]
         with torch.inference_mode():
             for a in range(0, len(cut), self.doc_batch_size):
                 chunk = cut[a: a + self.doc_batch_size]

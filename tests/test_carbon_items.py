@@ -17,6 +17,9 @@ def _data():
     b.add_item("titled", ItemRow(title="Nylon guitar strings", brand="Acme", categories=["Music", "Strings"]),
                file="meta", record=1)
     b.add_item("bare", ItemRow(title="Drum stool"), file="meta", record=2)
+    # Metadata as Amazon ships it: HTML entities, and a placeholder brand that names no maker.
+    b.add_item("entity", ItemRow(title="L&#39;Oreal Paris Lipstick", brand="L&#39;Oreal Paris"), file="meta", record=3)
+    b.add_item("nobrand", ItemRow(title="Guitar capo", brand=" Generic "), file="meta", record=4)
     b.add_interaction("u1", "titled", 10, 5.0, "Great strings.", "Nice")
     # Untitled item: reviews out of time order; a repeated summary; the longest reviews come first.
     b.add_interaction("u2", "pedal", 30, 4.0, "Short one. Second.", "Works fine")
@@ -30,7 +33,9 @@ def _data():
 
 def test_titled_items_use_metadata_and_untitled_items_their_reviews():
     recs = {r["id"]: r for r in catalog_items(_data())}
-    assert set(recs) == {"titled", "bare", "pedal"}
+    assert set(recs) == {"titled", "bare", "pedal", "entity", "nobrand"}
+    assert (recs["entity"]["name"], recs["entity"]["description"]) == ("L'Oreal Paris Lipstick", "L'Oreal Paris")
+    assert recs["nobrand"]["description"] == ""
     assert recs["titled"] == {"id": "titled", "name": "Nylon guitar strings", "description": "Acme",
                               "category": "Strings", "source": "title"}
     # No category: the data set's name stands in so the retriever knows the domain.

@@ -18,6 +18,7 @@ from llmrec.eval.lamp_predict import (
 )
 from llmrec.eval.retrieval import RETRIEVERS, get_retriever, top_k
 from llmrec.paths import prompts_dir
+from llmrec.text import cut_words
 
 PROFILE = [
     "Great price for a set of nylon strings, they stay in tune on my classical guitar.",
@@ -111,9 +112,19 @@ def test_template_truncates_long_items_and_missing_fields_are_blank(tmp_path):
     )
     t = LampTemplate.load(path)
     assert t.render("in", [{"text": "one two three four five"}]) == "one two three () | in"
+    # the item line alone (what TAP-PER embeds for each history entry) is the same text the prompt shows
+    assert t.render_item({"text": "one two three four five", "missing": None}) == "one two three ()"
     path.write_text("item: x\nprompt: y\nbogus: 1\n")
     with pytest.raises(LlmrecError, match="unknown template keys \\['bogus'\\]"):
         LampTemplate.load(path)
+
+
+def test_cut_words_keeps_short_text_as_is_unless_squeezed():
+    assert cut_words("a  b\nc d", 2) == "a b"
+    assert cut_words("a  b\nc", 3) == "a  b\nc"
+    assert cut_words("a  b\nc", None) == "a  b\nc"
+    assert cut_words("a  b\nc", 3, squeeze=True) == "a b c"
+    assert cut_words("", 2) == ""
 
 
 # ---------------------------------------------------------------- post-processing

@@ -9,6 +9,7 @@ import sys
 import time
 
 import httpx
+import psutil
 import pytest
 
 from llmrec.errors import LlmrecError
@@ -42,6 +43,13 @@ def test_serve_flag_conflicts_are_one_line_errors(tiny_backbone, tmp_path, capsy
     assert "NAME=PATH" in capsys.readouterr().err
     assert main(["serve", "--model", str(tiny_backbone), "--adapter-dir", str(tmp_path / "no")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_serve_gateway_with_key_user_state_and_lora(tiny_backbone, tmp_path):
@@ -88,10 +96,21 @@ def test_serve_gateway_with_key_user_state_and_lora(tiny_backbone, tmp_path):
         raw = client.completions.with_raw_response.create(model="tiny", prompt="great strings", max_tokens=4,
                                                           user="u1")
         assert raw.headers["x-llmrec-personalization"] == "profile"
+        vllm_pids = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        assert vllm_pids  # the API server and its engine processes
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        # `kill PID`, as a process manager stops a service: only llmrec's process gets the signal, and vLLM
+        # (its own session) must go with it.
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0  # Ctrl-C shuts vLLM down cleanly
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_running(p) for p in vllm_pids):
+        time.sleep(0.5)
+    alive = [p for p in vllm_pids if _running(p)]
+    for p in alive:  # do not leave them behind for the next tests either
+        os.kill(p, signal.SIGKILL)
+    assert not alive, f"vLLM processes outlived 'llmrec serve': {alive}"
+    assert proc.returncode == 128 + signal.SIGTERM  # unwound (exit status of a SIGTERM stop), not killed outright

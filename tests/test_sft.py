@@ -61,6 +61,11 @@ def test_jsonl_reader_and_errors(tmp_path):
     p.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "c"}\n')
     with pytest.raises(DataError, match=r"train.jsonl: record 3, field 'completion'"):
         read_prompt_completion_jsonl(p)
+    p.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", \n')
+    with pytest.raises(DataError, match=r"train.jsonl: record 2: not JSON \(Expecting"):
+        read_prompt_completion_jsonl(p)
+    with pytest.raises(FileNotFoundError, match="nope.jsonl: no such file"):
+        read_prompt_completion_jsonl(tmp_path / "nope.jsonl")
     p.write_text('{"prompt": "a", "completion": "b"}\n')
     rows = read_prompt_completion_jsonl(p, system_prompt="sys")
     assert rows == [{"prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": "a"}],

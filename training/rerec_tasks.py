@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import html
-import json
 import re
 import zlib
 from collections import Counter
@@ -279,21 +278,9 @@ def write_tasks_jsonl(tasks: list[dict], path: str | Path) -> Path:
 
 
 def read_tasks_jsonl(path: str | Path) -> list[dict]:
-    from llmrec.errors import DataError
+    from llmrec.jsonl import iter_jsonl
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
-    tasks = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                tasks.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"not JSON ({e.msg})", file=str(path), record=n) from None
-    return tasks
+    return [task for _, task in iter_jsonl(path)]
 
 
 def load_rerec_tasks(split: str, *, data: str | Path | None = None, tasks_file: str | Path | None = None,

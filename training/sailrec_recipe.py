@@ -54,44 +54,13 @@ def results_table(report: dict) -> str:
 
 
 def _trainer_class():
-    from transformers import Trainer
-
     from llmrec.sailrec.projector import PROJECTOR_WEIGHTS, save_projector
+    from llmrec.training.side_module_trainer import side_module_trainer
 
-    class SailRecTrainer(Trainer):
-        """Saves (and resumes) only what trains: the projector, plus the shared LoRA adapter if any."""
+    def loss_parts(model) -> dict:  # the last batch's loss parts (LM, item and user alignment)
+        return {k: round(v, 5) for k, v in model.last.items()}
 
-        def __init__(self, *args, projector_extra: dict | None = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.projector_extra = projector_extra or {}
-
-        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-            out = Path(output_dir or self.args.output_dir)
-            if not self.args.should_save:
-                return
-            model = self.accelerator.unwrap_model(self.model)
-            save_projector(model.projector, out, self.projector_extra)
-            if hasattr(model.backbone, "peft_config"):
-                model.backbone.save_pretrained(out / "adapter")
-            torch.save(self.args, out / "training_args.bin")
-
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-            from safetensors.torch import load_file
-
-            model = model or self.model
-            model.projector.load_state_dict(load_file(str(Path(resume_from_checkpoint, PROJECTOR_WEIGHTS))))
-            if hasattr(model.backbone, "peft_config"):
-                from peft import set_peft_model_state_dict
-
-                adapter = Path(resume_from_checkpoint, "adapter", "adapter_model.safetensors")
-                set_peft_model_state_dict(model.backbone, load_file(str(adapter)))
-
-        def log(self, logs: dict, *a, **kw) -> None:
-            if "loss" in logs:  # the last batch's loss parts (LM, item and user alignment)
-                logs = {**logs, **{k: round(v, 5) for k, v in self.accelerator.unwrap_model(self.model).last.items()}}
-            super().log(logs, *a, **kw)
-
-    return SailRecTrainer
+    return side_module_trainer("projector", save_projector, PROJECTOR_WEIGHTS, loss_parts)
 
 
 def build_model(model_path, args, tokenizer, data, model_args=None):
@@ -150,7 +119,7 @@ def train_sailrec(model_path, args, train_args, model_args=None, callbacks: list
     trainer = _trainer_class()(model=model, args=train_args, train_dataset=SailRecDataset(rows),
                                data_collator=SailRecCollator(pad),
                                callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), *(callbacks or [])],
-                               projector_extra=extra)
+                               module_extra=extra)
     from transformers.trainer_utils import get_last_checkpoint
 
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(out)) if out.is_dir() else None)

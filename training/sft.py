@@ -6,7 +6,6 @@ Examples are prompt/completion pairs in chat form, so the loss covers only the a
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,20 +54,14 @@ def to_chat_example(prompt, completion, system_prompt: str | None = None) -> dic
 
 def read_prompt_completion_jsonl(path: str | Path, system_prompt: str | None = None) -> list[dict]:
     from llmrec.errors import DataError
+    from llmrec.jsonl import iter_jsonl
 
     rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"bad JSON ({e.msg})", file=str(path), record=i) from None
-            for key in ("prompt", "completion"):
-                if key not in r:
-                    raise DataError("missing field", file=str(path), record=i, field=key)
-            rows.append(to_chat_example(r["prompt"], r["completion"], system_prompt))
+    for i, r in iter_jsonl(path):
+        for key in ("prompt", "completion"):
+            if not isinstance(r, dict) or key not in r:
+                raise DataError("missing field", file=str(path), record=i, field=key)
+        rows.append(to_chat_example(r["prompt"], r["completion"], system_prompt))
     if not rows:
         raise DataError("no examples", file=str(path))
     return rows

@@ -11,7 +11,6 @@ LaMP) get age 0 everywhere, so the recency decay has nothing to act on there.
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,18 +45,6 @@ def chat_ids(tokenizer, messages: list[dict], answer: str) -> tuple[list[int], l
             tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"])
 
 
-def render_item(template, entry: dict) -> str:
-    """A profile entry as the task template's ``item`` line (fields cut to ``max_item_words``), as in prompts."""
-    from llmrec.eval.lamp_predict import _Blank, _cut_words
-
-    values = _Blank({k: "" if v is None else str(v) for k, v in entry.items()})
-    values["item_text"] = template.item_text(entry)
-    for f in template.truncate_fields:
-        if f in values:
-            values[f] = _cut_words(values[f], template.max_item_words)
-    return string.Formatter().vformat(template.item, (), values)
-
-
 def history_of(question: dict, template, max_history: int) -> tuple[list[str], list[float]]:
     """The question's last ``max_history`` profile entries (time order) rendered, and their ages."""
     from llmrec.training.tapper import age_feature
@@ -71,7 +58,7 @@ def history_of(question: dict, template, max_history: int) -> tuple[list[str], l
         ages = age_feature(float(tq), torch.tensor([float(p["timestamp"]) for p in profile])).tolist()
     else:
         ages = [0.0] * len(profile)
-    return [render_item(template, p) for p in profile], ages
+    return [template.render_item(p) for p in profile], ages
 
 
 def read_split(lamp_dir: str | Path, split: str, with_golds: bool = True):

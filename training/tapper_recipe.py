@@ -87,51 +87,13 @@ def _embedder_dim(path: str) -> int:
 
 
 def _trainer_class():
-    from transformers import Trainer
-
+    from llmrec.training.side_module_trainer import side_module_trainer
     from llmrec.training.tapper import ENCODER_WEIGHTS, save_encoder
 
-    class TapperTrainer(Trainer):
-        """Saves (and resumes) only what trains: the encoder, plus the shared LoRA adapter if any."""
+    def recency_decay(model) -> dict:  # how strongly the user-state slots favour recent items, mean over heads
+        return {"recency_decay": round(float(model.encoder.user_attn.decay().detach().mean()), 5)}
 
-        def __init__(self, *args, encoder_extra: dict | None = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.encoder_extra = encoder_extra or {}
-
-        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-            out = Path(output_dir or self.args.output_dir)
-            if not self.args.should_save:
-                return
-            model = self.accelerator.unwrap_model(self.model)
-            save_encoder(model.encoder, out, self.encoder_extra)
-            if _is_peft(model.backbone):
-                model.backbone.save_pretrained(out / "adapter")
-            torch.save(self.args, out / "training_args.bin")
-
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-            from safetensors.torch import load_file
-
-            model = model or self.model
-            model.encoder.load_state_dict(load_file(str(Path(resume_from_checkpoint, ENCODER_WEIGHTS))))
-            if _is_peft(model.backbone):
-                from peft import set_peft_model_state_dict
-
-                adapter = Path(resume_from_checkpoint, "adapter", "adapter_model.safetensors")
-                set_peft_model_state_dict(model.backbone, load_file(str(adapter)))
-
-        def log(self, logs: dict, *a, **kw) -> None:
-            if "loss" in logs:  # how strongly the user-state slots favour recent items, per head
-                decay = self.accelerator.unwrap_model(self.model).encoder.user_attn.decay().detach()
-                logs = {**logs, "recency_decay": round(float(decay.mean()), 5)}
-            super().log(logs, *a, **kw)
-
-    return TapperTrainer
-
-
-def _is_peft(module) -> bool:
-    from peft import PeftModel
-
-    return isinstance(module, PeftModel)
+    return side_module_trainer("encoder", save_encoder, ENCODER_WEIGHTS, recency_decay)
 
 
 def train_tapper(model_path, args, train_args, model_args=None, callbacks: list | None = None) -> Path:
@@ -176,7 +138,7 @@ def train_tapper(model_path, args, train_args, model_args=None, callbacks: list 
              "train_examples": len(examples), "query_dropout": args.query_dropout, **opts}
     trainer = _trainer_class()(model=model, args=train_args, train_dataset=dataset, data_collator=collator,
                                callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), *(callbacks or [])],
-                               encoder_extra=extra)
+                               module_extra=extra)
     from transformers.trainer_utils import get_last_checkpoint
 
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(out)) if out.is_dir() else None)

@@ -10,6 +10,7 @@ which of the two each line used, so an evaluation can report them apart.
 
 from __future__ import annotations
 
+import html
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -17,6 +18,15 @@ from dataclasses import dataclass
 from llmrec.data.schema import RecData
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# Marketplace placeholders that name no maker: as a description they would pull every such item towards the
+# same neighbours in the retriever (Amazon Beauty has 20 "Unknown" and 26 "Generic" brands).
+_PLACEHOLDER_BRANDS = frozenset({"unknown", "generic", "n/a", "na", "none", "null", "no brand", "unbranded"})
+
+
+def _brand(value) -> str:
+    """The brand as readable text (metadata keeps HTML entities such as ``L&#39;Oreal``), '' for a placeholder."""
+    brand = " ".join(html.unescape(str(value or "")).split())
+    return "" if brand.lower() in _PLACEHOLDER_BRANDS else brand
 
 
 @dataclass(frozen=True)
@@ -71,9 +81,9 @@ def catalog_items(data: RecData, how: ReviewDescription = ReviewDescription(),
     out = []
     for r in data.items:
         category = r["categories"][-1] if r["categories"] else default_category
-        title = str(r["title"]).strip()
+        title = html.unescape(str(r["title"])).strip()
         if title:
-            description = str(r["brand"] or "").strip() or str(r["text"] or "").strip()[:400]
+            description = _brand(r["brand"]) or str(r["text"] or "").strip()[:400]
             out.append({"id": r["item_id"], "name": title, "description": description, "category": category,
                         "source": "title"})
             continue

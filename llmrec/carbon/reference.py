@@ -291,26 +291,17 @@ def load_items(path: str | Path, columns: ColumnMap | None = None) -> ReferenceS
 
 
 def _load_jsonl(path: Path) -> ReferenceSet:
-    import json
+    from llmrec.jsonl import iter_jsonl
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"not JSON ({e.msg})", file=str(path), record=i) from None
-            if not isinstance(r, dict) or not _clean(r.get("name")):
-                raise DataError("each line needs a non-empty 'name'", file=str(path), record=i, field="name")
-            pcf = r.get("pcf_kg")
-            rows.append({"id": str(r.get("id", i)), "name": _clean(r["name"]),
-                         "description": _clean(r.get("description")), "category": _clean(r.get("category")),
-                         "company": _clean(r.get("company")),
-                         "pcf_kg": float(pcf) if pcf not in (None, "") else float("nan")})
+    for i, r in iter_jsonl(path):
+        if not isinstance(r, dict) or not _clean(r.get("name")):
+            raise DataError("each line needs a non-empty 'name'", file=str(path), record=i, field="name")
+        pcf = r.get("pcf_kg")
+        rows.append({"id": str(r.get("id", i)), "name": _clean(r["name"]),
+                     "description": _clean(r.get("description")), "category": _clean(r.get("category")),
+                     "company": _clean(r.get("company")),
+                     "pcf_kg": float(pcf) if pcf not in (None, "") else float("nan")})
     if not rows:
         raise DataError("no rows", file=str(path))
     return ReferenceSet(pd.DataFrame(rows, columns=list(ReferenceSet.COLUMNS)), source=str(path), layout="jsonl")

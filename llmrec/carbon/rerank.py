@@ -23,13 +23,13 @@ bench/carbon_rerank.py compare it with.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from llmrec.errors import DataError, LlmrecError
+from llmrec.jsonl import iter_jsonl
 
 ID_COLUMNS = ("item_id", "id")
 PCF_COLUMNS = ("pcf_kg", "value_kg")
@@ -45,14 +45,7 @@ def read_pcf(path: str | Path, item_ids: Sequence[str] | None = None) -> tuple[l
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such PCF file")
     if path.suffix.lower() in (".jsonl", ".json"):
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"not JSON ({e.msg})", file=str(path), record=n) from None
+        rows = [r for _, r in iter_jsonl(path)]
         header = list(rows[0]) if rows else []
     else:
         import pandas as pd

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,7 @@ class VLLMServer:
     startup_timeout: float = 600.0
     log_path: Path | None = None
     proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _sigterm_before: object = field(default=None, init=False, repr=False)
 
     @property
     def model(self) -> str:
@@ -134,7 +136,12 @@ class VLLMServer:
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
-        self._wait_ready()
+        self._unwind_on_sigterm()
+        try:
+            self._wait_ready()
+        except BaseException:  # Ctrl-C or a stop signal during start-up: vLLM must not outlive us
+            self.stop()
+            raise
         return self
 
     def _wait_ready(self) -> None:
@@ -159,7 +166,27 @@ class VLLMServer:
             return "(no log)"
         return " | ".join(lines[-n:])
 
+    def _unwind_on_sigterm(self) -> None:
+        """While the server runs, SIGTERM (``kill PID``, how process managers stop a program) raises SystemExit.
+
+        vLLM runs in its own session (so that :meth:`stop` can kill its workers as a group), so SIGTERM's default
+        action would end our process at once and leave vLLM running. As an exception, the stop unwinds through
+        ``with server:`` and :meth:`stop` shuts vLLM down. Only a default handler is replaced (an application's
+        own stays), only from the main thread (where Python runs handlers), and :meth:`stop` restores it.
+        uvicorn re-raises a SIGTERM it captured after its graceful shutdown, so the gateway reaches this too.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            def exit_cleanly(signum, frame) -> None:
+                raise SystemExit(128 + signum)
+
+            self._sigterm_before = signal.signal(signal.SIGTERM, exit_cleanly)
+
     def stop(self) -> None:
+        if self._sigterm_before is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._sigterm_before)
+            self._sigterm_before = None
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
