@@ -368,7 +368,8 @@ def test_train_rgcd_recipe_end_to_end(tiny_backbone, shared_data, beauty_domains
                "--backbone", str(tiny_backbone), "--output_dir", str(out), "--max_steps", "2",
                "--per_device_train_batch_size", "3", "--logging_steps", "1", "--max_length", "256",
                "--lora_target_modules", "q_proj", "v_proj", "--head_epochs", "2", "--encoder_max_length", "48",
-               "--encode_batch_size", "64"])
+               "--encode_batch_size", "64", "--student_pooling", "last", "--student_layer", "1",
+               "--popularity_weight", "0.2"])
     assert rc == 0
     assert (out / "adapter_model.safetensors").is_file()
     assert (out / "metrics.jsonl").read_text().count("loss") >= 2
@@ -377,6 +378,11 @@ def test_train_rgcd_recipe_end_to_end(tiny_backbone, shared_data, beauty_domains
     export = json.loads((out / "export" / "export.json").read_text())
     assert export["items"] == len(cd.items) and export["residual"] and set(export["indexes"]) == {cd.source, cd.target}
     assert np.load(out / "export" / "transferable.npy").shape == (len(cd.items), 64)
+    assert (export["student_pooling"], export["student_layer"], export["popularity_weight"]) == ("last", 1, 0.2)
+    counts = np.load(out / "export" / "popularity.npy")  # training users per item, evaluation users not counted
+    ids = [json.loads(x)["item_id"] for x in (out / "export" / "items.jsonl").read_text().splitlines()]
+    expected = cd.interaction_counts()
+    assert counts.tolist() == [expected.get(i, 0) for i in ids] and counts.sum() > len(cd.pairs) / 10
     user = cd.test_users[0]
     capsys.readouterr()
     assert main(["rgcd", "retrieve", "--export", str(out / "export"), "--target", cd.target,
@@ -390,3 +396,298 @@ def test_item_text():
     assert item_text("Rose &amp; Oud", ["Beauty", "Fragrance", "Women's"], "Jo", 55.0) == \
         "Rose & Oud | category: Fragrance > Women's | brand: Jo | price: $55.00"
     assert item_text("", [], "Unknown", None) == "(untitled)"
+
+
+# --------------------------------------------------------------------------------------------
+# The popularity prior: a bias column of the FAISS index, weight chosen on a dev split
+# --------------------------------------------------------------------------------------------
+
+
+def test_popularity_bias_hand_computed():
+    from llmrec.rgcd.export import popularity_bias
+
+    counts = np.array([0, 1, 3, 5, 5])
+    bias = popularity_bias(counts, ["S", "S", "T", "T", "T"])
+    # S: log1p 0, log 2 -> standardised -1, +1; T: log 4, log 6, log 6 -> mean m, population sd
+    assert bias[:2].tolist() == pytest.approx([-1.0, 1.0])
+    z = np.log([4.0, 6.0, 6.0])
+    assert bias[2:].tolist() == pytest.approx(((z - z.mean()) / z.std()).tolist(), abs=1e-6)
+    assert popularity_bias(np.array([2, 2]), ["S", "S"]).tolist() == [0.0, 0.0]  # nothing to prefer
+
+
+def test_popularity_prior_is_exact_in_faiss_and_survives_the_export(tmp_path, capsys):
+    from llmrec.cli.main import main
+    from llmrec.rgcd.export import CrossDomainRetriever, _unit, popularity_bias, write_export
+
+    rng = np.random.default_rng(0)
+    ids = [f"s{k}" for k in range(5)] + [f"t{k}" for k in range(30)]
+    doms = ["S"] * 5 + ["T"] * 30
+    vec = _unit(rng.normal(size=(35, 8)))
+    counts = rng.integers(0, 40, size=35)
+    plain = CrossDomainRetriever(ids, doms, vec)
+    with_counts = CrossDomainRetriever(ids, doms, vec, counts=counts)
+    hist = [["s0", "s3"], ["s1"], ["s2", "s4", "s0"]]
+    # weight 0 is the plain cosine
+    assert np.array_equal(plain.search(hist, "T", 10)[0], with_counts.search(hist, "T", 10)[0])
+    # any weight: the FAISS ranking and scores equal a brute-force cosine + W * bias over the whole domain
+    bias = popularity_bias(counts, doms)
+    q = with_counts.query_vectors(hist)
+    for w in (0.05, 0.3, 2.0):
+        rows, scores = with_counts.search(hist, "T", 30, popularity_weight=w)
+        brute = q @ vec[5:].T + w * bias[5:]
+        assert np.allclose(scores, -np.sort(-brute, axis=1), atol=1e-5)
+        assert np.array_equal(rows, 5 + np.argsort(-brute, axis=1, kind="stable"))
+    # a large weight ranks by popularity alone
+    top = with_counts.search(hist[:1], "T", 5, popularity_weight=1e4)[0][0]
+    assert counts[top].tolist() == sorted(counts[5:].tolist(), reverse=True)[:5]
+    with pytest.raises(LlmrecError, match="counts"):
+        plain.search(hist, "T", 3, popularity_weight=0.1)
+
+    # the export keeps the counts and its default weight; `retrieve` can override it
+    write_export(tmp_path / "exp", ids, doms, vec, counts=counts, popularity_weight=0.3)
+    meta = json.loads((tmp_path / "exp" / "export.json").read_text())
+    assert meta["popularity"] and meta["popularity_weight"] == 0.3 and meta["dim"] == 8
+    assert np.load(tmp_path / "exp" / "popularity.npy").tolist() == counts.tolist()
+    loaded = CrossDomainRetriever.load(tmp_path / "exp")
+    assert loaded.popularity_weight == 0.3
+    assert loaded.retrieve(["s1"], "T", 7) == with_counts.retrieve(["s1"], "T", 7, popularity_weight=0.3)
+    assert CrossDomainRetriever.load(tmp_path / "exp", 0.0).retrieve(["s1"], "T", 7) == plain.retrieve(["s1"], "T", 7)
+    capsys.readouterr()
+    assert main(["rgcd", "retrieve", "--export", str(tmp_path / "exp"), "--target", "T", "--history", "s1",
+                 "--k", "3", "--popularity_weight", "1e4"]) == 0
+    got = [json.loads(x)["item_id"] for x in capsys.readouterr().out.splitlines()]
+    assert got == [i for i, _ in with_counts.retrieve(["s1"], "T", 3, popularity_weight=1e4)]
+    # an export without counts still loads (no popularity column) and refuses a weight
+    write_export(tmp_path / "old", ids, doms, vec)
+    assert CrossDomainRetriever.load(tmp_path / "old").retrieve(["s1"], "T", 7) == plain.retrieve(["s1"], "T", 7)
+    with pytest.raises(LlmrecError, match="counts"):
+        CrossDomainRetriever.load(tmp_path / "old", 0.5)
+
+
+def test_parse_method():
+    from llmrec.eval.rgcd_eval import parse_method
+
+    assert parse_method("minilm") == ("minilm", "", False)
+    assert parse_method("minilm+nosplit+pop") == ("minilm", "nosplit", True)
+    assert parse_method("student+pop") == ("student", "", True)
+    assert parse_method("student+full") == ("student", "full", False)
+    for bad in ("minilm+half", "minilm+full+nosplit", "+pop"):
+        with pytest.raises(LlmrecError, match="ENCODER"):
+            parse_method(bad)
+
+
+def test_dev_split_uses_training_users_only(beauty_domains):
+    cd = beauty_domains
+    dev = cd.dev_split(0.2)
+    assert set(dev.train_users) | set(dev.test_users) == set(cd.train_users)
+    assert not set(dev.train_users) & set(dev.test_users)
+    assert not set(dev.test_users) & set(cd.test_users)  # the evaluation users never take part
+    assert len(dev.test_users) == round(0.2 * len(cd.train_users))
+    fit = set(dev.train_users)
+    allowed = {(s, t) for u in fit for s in cd.history[u] for t in cd.target_items_of[u]}
+    assert dev.pairs and set(dev.pairs) <= allowed
+    assert len(dev.pairs) < len(cd.pairs)
+    counts = dev.interaction_counts()
+    some = dev.test_users[0]
+    only_dev = [i for i in cd.target_items_of[some]
+                if not any(i in cd.target_items_of[u] for u in fit)]
+    assert all(counts.get(i, 0) == 0 for i in only_dev)
+    assert dev.dev_split(0.2).test_users != dev.test_users or len(dev.train_users) < 2
+
+
+def test_popularity_prior_weight_is_chosen_on_dev_and_helps_on_beauty(beauty_domains):
+    """Measured with TF-IDF item vectors (split seed 0, head_epochs 10): the dev split picks W = 1 for both
+    +pop rows and recall@20 rises from 0.097 (tfidf+nosplit) to 0.182 (popularity alone: 0.196); the head is
+    trained once for both rows."""
+    from llmrec.eval.rgcd_eval import POPULARITY_GRID, evaluate_methods, item_table
+    from llmrec.rgcd.export import ItemFeatures
+
+    cd = beauty_domains
+    ids, _ = item_table(cd)
+    feats = {"tfidf": ItemFeatures(_tfidf([cd.items[i].text for i in ids]))}
+    rows = evaluate_methods(cd, feats, ["tfidf+nosplit", "tfidf+nosplit+pop", "tfidf+pop"], HeadConfig(), ks=[20],
+                            log=lambda *_: None)
+    base, pop, pop_raw = rows
+    assert pop["final_losses"] == base["final_losses"]  # one head for both rows
+    for row in (pop, pop_raw):
+        dev = row["dev_grid"]
+        assert [r["weight"] for r in dev] == sorted(POPULARITY_GRID)
+        best = max(r["recall@20"] for r in dev)
+        assert row["popularity_weight"] == min(r["weight"] for r in dev if r["recall@20"] == best)
+        # the row's own figures are those of the chosen W on the evaluation users
+        chosen = next(r for r in row["test_grid"] if r["weight"] == row["popularity_weight"])
+        assert row["recall@20"] == pytest.approx(chosen["recall@20"])
+    assert pop["popularity_weight"] > 0
+    assert pop["recall@20"] > 1.3 * base["recall@20"]
+    fixed = evaluate_methods(cd, feats, ["tfidf+nosplit+pop"], HeadConfig(), ks=[20], log=lambda *_: None,
+                             popularity_weight=0.0)[0]
+    assert "dev_grid" not in fixed and fixed["recall@20"] == pytest.approx(base["recall@20"])
+
+
+# --------------------------------------------------------------------------------------------
+# Student pooling (mean / last token, any layer) and its feature cache
+# --------------------------------------------------------------------------------------------
+
+
+def test_pool_hidden_hand_computed_left_and_right_padding():
+    from llmrec.rgcd.encoders import pool_hidden
+
+    h = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)  # [b=2, s=3, h=2]
+    right = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    left = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    assert pool_hidden(h, right, "mean").tolist() == [[1.0, 2.0], [8.0, 9.0]]  # rows 0-1 of item 0
+    assert pool_hidden(h, right, "last").tolist() == [[2.0, 3.0], [10.0, 11.0]]
+    assert pool_hidden(h, left, "mean").tolist() == [[3.0, 4.0], [8.0, 9.0]]
+    assert pool_hidden(h, left, "last").tolist() == [[4.0, 5.0], [10.0, 11.0]]
+
+
+def test_student_pooling_and_layer(tiny_backbone):
+    from llmrec.rgcd.encoders import StudentEncoder
+
+    texts = ["a short one", "a much longer product title with many more words in it | brand: X", "third"]
+    vecs = {}
+    for pooling, layer in (("mean", -1), ("last", -1), ("mean", 1), ("last", 1)):
+        enc = StudentEncoder(tiny_backbone, max_length=64, pooling=pooling, layer=layer)
+        batch = enc.encode(texts, batch_size=3)
+        single = np.concatenate([enc.encode([t], batch_size=1) for t in texts])
+        assert np.abs(batch - single).max() < 1e-4, (pooling, layer)  # padding never leaks in
+        vecs[pooling, layer] = batch
+    # the last token's state of one unpadded prompt, read off the model directly
+    enc = StudentEncoder(tiny_backbone, max_length=64, pooling="last", layer=1)
+    ids = enc.tokenizer(enc._format(texts[1]), return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        states = enc.model(**ids, output_hidden_states=True).hidden_states
+    assert np.allclose(vecs["last", 1][1], states[1][0, -1].numpy(), atol=1e-5)
+    assert np.allclose(vecs["mean", 1][1], states[1][0].mean(0).numpy(), atol=1e-5)
+    keys = list(vecs)
+    assert all(np.abs(vecs[a] - vecs[b]).max() > 1e-3 for a in keys for b in keys if a != b)
+    with pytest.raises(LlmrecError, match="out of range"):
+        StudentEncoder(tiny_backbone, layer=3)  # 2 layers: hidden states 0..2
+    with pytest.raises(LlmrecError, match="pooling"):
+        StudentEncoder(tiny_backbone, pooling="max")
+
+
+def test_eval_cli_caches_each_pooling_apart(tiny_backbone, shared_data, tmp_path):
+    from llmrec.cli.main import main
+
+    out = tmp_path / "eval"
+    common = ["rgcd", "eval", "--data", str(shared_data / BEAUTY[0]), "--item_meta", str(shared_data / BEAUTY[1]),
+              "--source", "Bath & Body", "--target", "Fragrance", "--backbone", str(tiny_backbone),
+              "--max_length", "48", "--batch_size", "64", "--methods", "student,student+pop",
+              "--popularity_weight", "0.1", "--out", str(out)]
+    assert main(common) == 0
+    assert main([*common, "--student_pooling", "last", "--student_layer", "1"]) == 0
+    mean, last = np.load(out / "features_student_base_mean_L-1.npz"), np.load(out / "features_student_base_last_L1.npz")
+    assert list(mean["ids"]) == list(last["ids"]) and np.abs(mean["text"] - last["text"]).max() > 1e-3
+    report = json.loads((out / "report.json").read_text())
+    assert report["student_pooling"] == "last" and report["student_layer"] == 1
+    assert [r["method"] for r in report["rows"]] == ["student", "student+pop"]
+    assert report["rows"][1]["popularity_weight"] == 0.1
+
+
+# --------------------------------------------------------------------------------------------
+# The teacher prompt, and the teacher against the real vLLM server
+# --------------------------------------------------------------------------------------------
+
+
+def test_teacher_prompt_has_a_one_shot_example_outside_the_pair():
+    from llmrec.rgcd.teacher import TeacherTemplate
+
+    template = TeacherTemplate.load()
+    assert template.max_tokens == 512
+    msgs = template.messages(Item("x", "Fragrance", "Rose", "Rose | category: Fragrance"), "Bath & Body")
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert template.example["domain"] not in ("Fragrance", "Bath & Body")
+    example = ItemReasoning.model_validate_json(msgs[2]["content"])  # the worked answer fits the schema
+    assert example.model_dump() == ItemReasoning.model_validate(template.example["answer"]).model_dump()
+    assert msgs[3]["content"].startswith("Product (Fragrance): Rose | category: Fragrance")
+    assert "Bath & Body" in msgs[3]["content"]
+    # no sentence to fill in: the earlier prompt's "one sentence on what the product is and does" was
+    # copied into 147 of 199 answers by SmolLM2-135M
+    assert "one sentence" not in (template.system + template.user).lower()
+    bad = {**template.example, "answer": {**template.example["answer"], "user_needs": []}}
+    with pytest.raises(LlmrecError, match="schema"):
+        TeacherTemplate(template.system, template.user, template.student, example=bad)
+
+
+def _vllm_requests_total(server) -> float:
+    import httpx
+
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:request_success_total"))
+
+
+@pytest.fixture(scope="module")
+def teacher_vllm_server(tiny_backbone):
+    """The real vLLM server on the tiny backbone, with ``disable_any_whitespace`` for structured outputs.
+
+    The session's ``tiny_vllm_server`` cannot serve this test: vLLM's JSON grammar allows any whitespace
+    between tokens by default, and the random model then writes spaces until ``max_tokens`` (6 of 6 answers
+    when tried), so no answer ever finishes; with it all 6 finish, their strings filled to maxLength.
+    SmolLM2-135M wrote tabs until max_tokens in 6 of its 240 teacher answers (runs/rgcd_measure2).
+    """
+    from llmrec.serving.vllm_server import VLLMServer
+
+    no_whitespace = json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})
+    args = ["--dtype", "float32", "--structured-outputs-config", no_whitespace]
+    with VLLMServer(tiny_backbone, served_model_name="tiny", max_model_len=2048, extra_args=args) as server:
+        yield server
+
+
+def test_teach_against_the_real_vllm_server(teacher_vllm_server, shared_data, tmp_path, monkeypatch, capsys):
+    """`llmrec rgcd teach --structured json_schema` on vLLM's OpenAI server: constrained decoding holds even
+    for the tiny random model (every answer that finished parses with the schema), a rerun sends nothing,
+    and each record is fsynced as one JSON line when it arrives."""
+    import os
+
+    from llmrec.cli.main import main
+
+    tiny_vllm_server = teacher_vllm_server
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), fsync(fd))[1])
+    cache = tmp_path / "teacher.jsonl"
+    argv = ["rgcd", "teach", "--data", str(shared_data / BEAUTY[0]), "--item_meta", str(shared_data / BEAUTY[1]),
+            "--source", "Bath & Body", "--target", "Fragrance", "--cache", str(cache), "--max_items", "6",
+            "--endpoint", tiny_vllm_server.base_url, "--model", "tiny", "--structured", "json_schema",
+            "--max_tokens", "1000", "--concurrency", "6", "--timeout_s", "120"]
+    before = _vllm_requests_total(tiny_vllm_server)
+    assert main(argv) == 0
+    assert _vllm_requests_total(tiny_vllm_server) == before + 6
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 6 and len(synced) == 6  # one fsync per record
+    records = [json.loads(line) for line in lines]
+    assert len({r["item_id"] for r in records}) == 6
+    finished = [r for r in records if r["finish"] == "stop"]
+    assert finished, [r["finish"] for r in records]  # at least one answer must be complete to test anything
+    for r in finished:
+        assert r["ok"], r["error"]
+        assert ItemReasoning.model_validate_json(r["raw"]).model_dump() == r["reasoning"]
+    for r in records:
+        assert r["finish"] in ("stop", "length") and r["raw"]
+        if not r["ok"]:
+            assert r["finish"] == "length" and r["error"].startswith("invalid_json")  # cut off, not off-schema
+    capsys.readouterr()
+    assert main(argv) == 0  # resume: everything is cached
+    assert "6 from the cache, 0 requested" in capsys.readouterr().out
+    assert _vllm_requests_total(tiny_vllm_server) == before + 6
+    assert len(cache.read_text().splitlines()) == 6 and len(synced) == 6
+
+
+def test_head_standardize_uses_item_statistics_and_survives_save(tmp_path):
+    rng = np.random.default_rng(0)
+    # a large shared component (as in LLM hidden states) on top of small item-specific parts
+    text = (rng.normal(size=(40, 8)) + 50.0 * np.ones(8)).astype(np.float32)
+    pairs = np.array([(i, 20 + i) for i in range(20)])
+    dom = np.array([0] * 20 + [1] * 20)
+    cfg = HeadConfig(head_dim=4, head_hidden=16, head_epochs=2, head_standardize=True)
+    head, _ = train_head(text, pairs, dom, cfg)
+    assert np.allclose(head.in_mean.numpy(), text.mean(0), atol=1e-4)
+    assert np.allclose(head.in_std.numpy(), text.std(0, ddof=1), atol=1e-4)
+    z = torch.as_tensor(text)
+    assert torch.allclose(head._normed(z), head.norm((z - z.mean(0)) / z.std(0)), atol=1e-5)
+    loaded = RGCDHead.load(head.save(tmp_path / "h"))
+    assert np.allclose(loaded.embed(text)[0], head.embed(text)[0], atol=1e-6)
+    plain, _ = train_head(text, pairs, dom, HeadConfig(head_dim=4, head_hidden=16, head_epochs=2))
+    assert not hasattr(plain, "in_mean")  # the default is unchanged (heads saved before still load)

@@ -8,8 +8,9 @@ Stages (``stages``, comma-separated, run in this order):
    the student (``backbone``) on it; the adapter goes to ``output_dir``.
 2. ``represent``: item vectors from the encoder (``student``: the backbone plus the adapter of ``output_dir``
    or ``student_adapter``; ``minilm``), then the transferable/residual head trained on the behavioural
-   pairs of the training users; head in ``output_dir/head``, embeddings and FAISS indexes in
-   ``output_dir/export`` (ready for ``llmrec rgcd retrieve``).
+   pairs of the training users; head in ``output_dir/head``, embeddings, popularity counts (training users)
+   and FAISS indexes in ``output_dir/export`` (ready for ``llmrec rgcd retrieve``; ``popularity_weight`` is
+   its default weight of the popularity prior).
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ class RgcdArguments:
         "help": "adapter of an earlier distill run for the represent stage (default: output_dir after distill)"})
     encoder: str = field(default="student", metadata={"help": "item encoder of the represent stage: student, minilm"})
     encoder_max_length: int = field(default=128, metadata={"help": "tokens of an item prompt the student reads"})
+    student_pooling: str = field(default="mean", metadata={
+        "help": "student vector: mean (over the prompt tokens) or last (the last token's state)"})
+    student_layer: int = field(default=-1, metadata={
+        "help": "hidden-states index the student vector pools (0 = embeddings, -1 = the last layer)"})
+    popularity_weight: float = field(default=0.0, metadata={
+        "help": "default weight of the popularity prior in the export's retrieval score (0: plain cosine)"})
     encode_batch_size: int = field(default=16, metadata={"help": "items per encoder batch"})
     max_distill_items: int | None = field(default=None, metadata={"help": "cap on distillation examples"})
 
@@ -60,6 +67,9 @@ class RgcdArguments:
             raise LlmrecError(f"stages must be a comma-separated subset of {list(STAGES)}, got '{self.stages}'")
         if self.encoder not in ("student", "minilm"):
             raise LlmrecError(f"encoder must be student or minilm, got '{self.encoder}'")
+        from llmrec.rgcd.encoders import check_pooling
+
+        check_pooling(self.student_pooling, self.student_layer)
 
 
 def parse(argv: list[str], prog: str):
@@ -133,7 +143,7 @@ def run_distill(cd, args, sft_config, model_args, info: dict) -> Path:
 def run_represent(cd, args, head_config, adapter, out: Path, info: dict) -> None:
     import numpy as np
 
-    from llmrec.eval.rgcd_eval import item_table, pair_rows
+    from llmrec.eval.rgcd_eval import item_counts, item_table, pair_rows
     from llmrec.rgcd.decompose import train_head
     from llmrec.rgcd.encoders import ImageEncoder, make_encoder
     from llmrec.rgcd.export import encode_items, write_export
@@ -142,7 +152,7 @@ def run_represent(cd, args, head_config, adapter, out: Path, info: dict) -> None
     template = TeacherTemplate.load(args.teacher_template)
     ids, doms = item_table(cd)
     enc = make_encoder(args.encoder, args.backbone, adapter if args.encoder == "student" else None,
-                       args.encoder_max_length)
+                       args.encoder_max_length, args.student_pooling, args.student_layer)
     texts = [template.student_prompt(cd.items[i]) if args.encoder == "student" else cd.items[i].text for i in ids]
     image_enc = ImageEncoder(args.image_encoder) if args.image_encoder else None
     feats = encode_items(texts, enc, [cd.items[i].image for i in ids], image_enc, args.encode_batch_size)
@@ -153,7 +163,9 @@ def run_represent(cd, args, head_config, adapter, out: Path, info: dict) -> None
     zt, zr = head.embed(feats.text, feats.image, feats.has_image)
     write_export(out / "export", ids, doms, zt, zr, [cd.items[i].title for i in ids],
                  info={"encoder": args.encoder, "backbone": args.backbone, "adapter": adapter,
-                       "source": cd.source, "target": cd.target})
+                       "student_pooling": args.student_pooling, "student_layer": args.student_layer,
+                       "source": cd.source, "target": cd.target},
+                 counts=item_counts(cd, ids), popularity_weight=args.popularity_weight)
     with open(out / "head" / "history.jsonl", "w") as f:
         f.writelines(json.dumps(rec) + "\n" for rec in history)
     info["represent"] = {"encoder": args.encoder, "adapter": adapter, "pairs": len(cd.pairs),

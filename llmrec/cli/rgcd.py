@@ -37,7 +37,9 @@ example:
 EXPORT_DESCRIPTION = """\
 Offline export: encode every item of the two domains (the student with its adapter, or MiniLM), apply a
 trained head (--head, from `llmrec train rgcd`: OUTPUT_DIR/head) and write items.jsonl, transferable.npy,
-residual.npy and one FAISS index per domain to --out. Without --head the encoder's vectors are exported.
+residual.npy, popularity.npy (training users per item) and one FAISS index per domain to --out. Without
+--head the encoder's vectors are exported. --popularity_weight is the default weight of the popularity
+prior that `llmrec rgcd retrieve` adds to the cosine (0: plain cosine).
 
 example:
   llmrec rgcd export --data ... --item_meta ... --source "Bath & Body" --target Fragrance \\
@@ -47,7 +49,9 @@ example:
 
 RETRIEVE_DESCRIPTION = """\
 Target-domain candidates for a source-domain history: the mean of the history's transferable vectors
-searched in the target domain's FAISS index of an export folder. Prints one JSON line per candidate.
+searched in the target domain's FAISS index of an export folder, scored by cosine + W * popularity (W:
+--popularity_weight, default the export's; popularity: log(1 + training users), standardised within the
+domain). Prints one JSON line per candidate.
 
 example:
   llmrec rgcd retrieve --export runs/rgcd_beauty/export --target Fragrance --history B0009RF8GW,B000GHWSG6 --k 10
@@ -57,8 +61,11 @@ EVAL_DESCRIPTION = f"""\
 Cross-domain retrieval: for each evaluation user, the source-domain history ranks the whole target
 catalogue; Recall@K and NDCG@K against the user's target-domain items. Methods (comma-separated):
 ENCODER (vectors as they are), ENCODER+nosplit (head trained with the contrastive loss only),
-ENCODER+full (transferable/residual split, all losses), popularity. Encoders: minilm (text-only
-sentence-transformers), student (--backbone plus --adapter). Encoder outputs are cached in --out.
+ENCODER+full (transferable/residual split, all losses), popularity; any encoder method with +pop
+(minilm+nosplit+pop) adds W * popularity to the cosine, W from --popularity_weight or, without it, the best
+of --popularity_grid on a dev split of the TRAINING users (--dev_frac; evaluation users never choose it).
+Encoders: minilm (text-only sentence-transformers), student (--backbone plus --adapter, pooled by
+--student_pooling at --student_layer). Encoder outputs are cached in --out.
 
 {DOMAINS_HELP}
 
@@ -92,6 +99,8 @@ def register(sub) -> None:
     _domain_args(e)
     _encoder_args(e)
     e.add_argument("--head", default=None, help="trained head folder (OUTPUT_DIR/head of `llmrec train rgcd`)")
+    e.add_argument("--popularity_weight", "--popularity-weight", dest="popularity_weight", type=float, default=0.0,
+                   help="default weight of the popularity prior at retrieval (default: %(default)s)")
     e.add_argument("--out", required=True, help="export folder")
     e.set_defaults(func=run_export)
 
@@ -101,6 +110,8 @@ def register(sub) -> None:
     r.add_argument("--target", required=True, help="target domain name")
     r.add_argument("--history", required=True, help="comma-separated source-domain item ids")
     r.add_argument("--k", type=int, default=10, help="candidates (default: %(default)s)")
+    r.add_argument("--popularity_weight", "--popularity-weight", dest="popularity_weight", type=float, default=None,
+                   help="weight of the popularity prior added to the cosine (default: the export's)")
     r.set_defaults(func=run_retrieve)
 
     v = add_command(rsub, "eval", help="cross-domain Recall@K / NDCG@K: MiniLM vs student vs no-split vs full",
@@ -110,6 +121,12 @@ def register(sub) -> None:
     v.add_argument("--methods", default="popularity,minilm,minilm+nosplit,minilm+full",
                    help="comma-separated methods (default: %(default)s)")
     v.add_argument("--ks", default="10,20", help="cutoffs (default: %(default)s)")
+    v.add_argument("--popularity_weight", "--popularity-weight", dest="popularity_weight", type=float, default=None,
+                   help="W of the +pop methods (default: chosen from --popularity_grid on the dev split)")
+    v.add_argument("--popularity_grid", "--popularity-grid", dest="popularity_grid",
+                   default="0,0.02,0.05,0.1,0.2,0.3,0.5,1", help="weights tried on the dev split (default: %(default)s)")
+    v.add_argument("--dev_frac", "--dev-frac", dest="dev_frac", type=float, default=0.2,
+                   help="share of the training users that forms the dev split (default: %(default)s)")
     v.add_argument("--out", required=True, help="output folder (report.json, table.md, cached encoder outputs)")
     _dataclass_args(v, "llmrec.rgcd.config", "HeadConfig", "head settings")
     v.set_defaults(func=run_eval)
@@ -148,6 +165,12 @@ def _encoder_args(p: argparse.ArgumentParser, with_kind: bool = True) -> None:
                    help="transformers vision model folder for items with an image")
     g.add_argument("--max_length", "--max-length", dest="max_length", type=int, default=128,
                    help="tokens of an item prompt the student reads (default: %(default)s)")
+    g.add_argument("--student_pooling", "--student-pooling", dest="student_pooling", default="mean",
+                   choices=["mean", "last"], help="student vector: mean over the prompt tokens or the last "
+                   "token's state (default: %(default)s)")
+    g.add_argument("--student_layer", "--student-layer", dest="student_layer", type=int, default=-1,
+                   help="hidden-states index pooled (0 = embeddings, -1 = last layer; SmolLM2-135M has 30 "
+                   "layers) (default: %(default)s)")
     g.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=16,
                    help="items per encoder batch (default: %(default)s)")
 
@@ -216,7 +239,7 @@ def run_teach(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from llmrec.eval.rgcd_eval import item_table
+    from llmrec.eval.rgcd_eval import item_counts, item_table
     from llmrec.rgcd.decompose import RGCDHead
     from llmrec.rgcd.encoders import ImageEncoder, make_encoder
     from llmrec.rgcd.export import embed_items, write_export
@@ -226,13 +249,16 @@ def run_export(args: argparse.Namespace) -> int:
     ids, doms = item_table(cd)
     template = TeacherTemplate.load()
     texts = [template.student_prompt(cd.items[i]) if args.encoder == "student" else cd.items[i].text for i in ids]
-    enc = make_encoder(args.encoder, args.backbone, args.adapter, args.max_length)
+    enc = make_encoder(args.encoder, args.backbone, args.adapter, args.max_length, args.student_pooling,
+                       args.student_layer)
     head = RGCDHead.load(args.head) if args.head else None
     image_enc = ImageEncoder(args.image_encoder) if args.image_encoder else None
     zt, zr = embed_items(texts, enc, head, [cd.items[i].image for i in ids], image_enc, args.batch_size)
     out = write_export(args.out, ids, doms, zt, zr, [cd.items[i].title for i in ids],
                        info={"encoder": args.encoder, "backbone": args.backbone, "adapter": args.adapter,
-                             "head": args.head, "source": cd.source, "target": cd.target})
+                             "student_pooling": args.student_pooling, "student_layer": args.student_layer,
+                             "head": args.head, "source": cd.source, "target": cd.target},
+                       counts=item_counts(cd, ids), popularity_weight=args.popularity_weight)
     print(f"exported {len(ids)} items to {out}")
     return 0
 
@@ -240,7 +266,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_retrieve(args: argparse.Namespace) -> int:
     from llmrec.rgcd.export import CrossDomainRetriever
 
-    retriever = CrossDomainRetriever.load(args.export)
+    retriever = CrossDomainRetriever.load(args.export, args.popularity_weight)
     history = [h.strip() for h in args.history.split(",") if h.strip()]
     for rank, (iid, score) in enumerate(retriever.retrieve(history, args.target, args.k), 1):
         print(json.dumps({"rank": rank, "item_id": iid, "score": round(score, 5)}))
@@ -252,7 +278,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
     from llmrec.errors import LlmrecError
-    from llmrec.eval.rgcd_eval import evaluate_methods, item_table, markdown_table
+    from llmrec.eval.rgcd_eval import evaluate_methods, item_table, markdown_table, parse_method
     from llmrec.rgcd.config import HeadConfig
     from llmrec.rgcd.encoders import ImageEncoder, make_encoder
     from llmrec.rgcd.export import encode_items
@@ -260,6 +286,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     ks = [int(k) for k in args.ks.split(",")]
+    grid = [float(w) for w in args.popularity_grid.split(",") if w.strip()]
     cd = _cross_domain(args)
     ids, _ = item_table(cd)
     out = Path(args.out)
@@ -267,10 +294,12 @@ def run_eval(args: argparse.Namespace) -> int:
     template = TeacherTemplate.load()
     image_enc = ImageEncoder(args.image_encoder) if args.image_encoder else None
     features = {}
-    for encoder in dict.fromkeys(m.split("+")[0] for m in methods if m != "popularity"):
+    for encoder in dict.fromkeys(parse_method(m)[0] for m in methods if m != "popularity"):
         if encoder not in ("student", "minilm"):
             raise LlmrecError(f"unknown encoder '{encoder}' in --methods (student, minilm)")
         tag = f"{encoder}_{Path(args.adapter).name if encoder == 'student' and args.adapter else 'base'}"
+        if encoder == "student":  # another pooling is another encoder: its cache must not be reused
+            tag += f"_{args.student_pooling}_L{args.student_layer}"
         cache = out / f"features_{tag}.npz"
         if cache.is_file() and list(np.load(cache, allow_pickle=False)["ids"]) == ids:
             from llmrec.rgcd.export import ItemFeatures
@@ -279,15 +308,18 @@ def run_eval(args: argparse.Namespace) -> int:
             features[encoder] = ItemFeatures(z["text"], z.get("image"), z.get("has_image"))
             print(f"{encoder}: encoder outputs from {cache}")
             continue
-        enc = make_encoder(encoder, args.backbone, args.adapter, args.max_length)
+        enc = make_encoder(encoder, args.backbone, args.adapter, args.max_length, args.student_pooling,
+                           args.student_layer)
         texts = [template.student_prompt(cd.items[i]) if encoder == "student" else cd.items[i].text for i in ids]
         f = encode_items(texts, enc, [cd.items[i].image for i in ids], image_enc, args.batch_size)
         extra = {} if f.image is None else {"image": f.image, "has_image": f.has_image}
         np.savez(cache, ids=np.array(ids), text=f.text, **extra)
         features[encoder] = f
-    rows = evaluate_methods(cd, features, methods, _from_args(HeadConfig, args), ks)
+    rows = evaluate_methods(cd, features, methods, _from_args(HeadConfig, args), ks,
+                            popularity_weight=args.popularity_weight, popularity_grid=grid, dev_frac=args.dev_frac)
     report = {"domains": cd.summary(), "source": cd.source, "target": cd.target, "test_users": len(cd.test_users),
-              "backbone": args.backbone, "adapter": args.adapter, "ks": ks, "rows": rows}
+              "backbone": args.backbone, "adapter": args.adapter, "student_pooling": args.student_pooling,
+              "student_layer": args.student_layer, "ks": ks, "rows": rows}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     table = markdown_table(rows, ks)
     (out / "table.md").write_text(table + "\n")

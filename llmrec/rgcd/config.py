@@ -16,6 +16,9 @@ class HeadConfig:
     head_dropout: float = field(default=0.1, metadata={"help": "trunk dropout"})
     head_split: bool = field(default=True, metadata={
         "help": "decompose into transferable + residual (false: one projection, InfoNCE only: the ablation)"})
+    head_standardize: bool = field(default=False, metadata={
+        "help": "z-score each input dimension over the items before the head (LLM hidden states share a large "
+                "common component that LayerNorm keeps, so all items look alike to the head)"})
     head_temperature: float = field(default=0.1, metadata={"help": "InfoNCE temperature"})
     lambda_orth: float = field(default=0.1, metadata={"help": "weight of the orthogonality term"})
     lambda_domain: float = field(default=0.1, metadata={"help": "weight of the residual's domain cross-entropy"})

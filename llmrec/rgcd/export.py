@@ -3,12 +3,16 @@
 ``export_dir/``:
 - ``items.jsonl``: one line per row: ``item_id``, ``domain``, ``title``;
 - ``transferable.npy`` ``[n, dim]`` and (split heads) ``residual.npy`` ``[n, dim]``: unit float32 vectors;
-- ``index_<k>.faiss``: an exact inner-product index (cosine) over the transferable vectors of each domain,
-  with ``export.json`` mapping domain -> index file and its rows;
-- ``export.json``: domains, dims, how the vectors were made.
+- ``popularity.npy`` ``[n]`` (when counts are given): how many training users interacted with each item;
+- ``index_<k>.faiss``: an exact inner-product index over the transferable vectors of each domain (plus one
+  popularity column when counts are given, see below), with ``export.json`` mapping domain -> index file
+  and its rows;
+- ``export.json``: domains, dims, how the vectors were made, the default ``popularity_weight``.
 
 Retrieval (:class:`CrossDomainRetriever`): a user's query is the normalised mean of the transferable vectors
-of their source-domain history; the target domain's index returns the top K by cosine.
+of their source-domain history; the target domain's index returns the top K by
+``cosine + popularity_weight * popularity``, where ``popularity`` is ``log(1 + count)`` standardised over
+the items of the domain (:func:`popularity_bias`). Weight 0 is the plain cosine.
 """
 
 from __future__ import annotations
@@ -61,14 +65,43 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def popularity_bias(counts: np.ndarray, domains: Sequence[str]) -> np.ndarray:
+    """``[n]`` float32: ``log(1 + count)`` standardised within each domain (zeros where a domain's counts are
+    all equal). Standardising makes one weight mean the same on any data set: W is in cosine units per
+    standard deviation of log popularity."""
+    z = np.log1p(np.asarray(counts, dtype=np.float64))
+    doms = np.asarray(domains)
+    out = np.zeros(len(z), dtype=np.float32)
+    for dom in dict.fromkeys(doms.tolist()):
+        rows = doms == dom
+        sd = z[rows].std()
+        if sd > 0:
+            out[rows] = (z[rows] - z[rows].mean()) / sd
+    return out
+
+
+def _index_matrix(vectors: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    # The popularity prior is one more column of the index, and the query carries the weight in that column:
+    # inner product = cosine + W * bias, exactly, for every item. Over-fetching K' by cosine and re-scoring
+    # could miss a popular item ranked below K'; this keeps FAISS exact, and one index serves any W.
+    if bias is None:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    return np.ascontiguousarray(np.hstack([vectors, bias[:, None]]), dtype=np.float32)
+
+
 def _slug(domain: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", domain).strip("_").lower() or "domain"
 
 
 def write_export(out_dir: str | Path, item_ids: Sequence[str], domains: Sequence[str], transferable: np.ndarray,
                  residual: np.ndarray | None = None, titles: Sequence[str] | None = None,
-                 info: dict | None = None) -> Path:
-    """Writes vectors, item table and one FAISS index per domain (see the module docstring)."""
+                 info: dict | None = None, counts: Sequence[int] | None = None,
+                 popularity_weight: float = 0.0) -> Path:
+    """Writes vectors, item table and one FAISS index per domain (see the module docstring).
+
+    ``counts`` (per item, training users only) add the popularity column to the indexes;
+    ``popularity_weight`` is the default weight ``llmrec rgcd retrieve`` uses with them.
+    """
     import faiss
 
     out = Path(out_dir)
@@ -82,43 +115,68 @@ def write_export(out_dir: str | Path, item_ids: Sequence[str], domains: Sequence
     np.save(out / "transferable.npy", transferable)
     if residual is not None:
         np.save(out / "residual.npy", np.ascontiguousarray(residual, dtype=np.float32))
+    if counts is None and popularity_weight:
+        raise LlmrecError("a popularity_weight needs the items' counts")
+    bias = None
+    if counts is not None:
+        counts = np.asarray(counts, dtype=np.int64)
+        if len(counts) != len(item_ids):
+            raise LlmrecError(f"{len(item_ids)} items, {len(counts)} popularity counts")
+        np.save(out / "popularity.npy", counts)
+        bias = popularity_bias(counts, domains)
+    matrix = _index_matrix(transferable, bias)
     indexes = {}
     doms = np.asarray(domains)
     for dom in dict.fromkeys(domains):
         rows = np.flatnonzero(doms == dom)
-        index = faiss.IndexFlatIP(transferable.shape[1])
-        index.add(transferable[rows])
+        index = faiss.IndexFlatIP(matrix.shape[1])
+        index.add(matrix[rows])
         name = f"index_{_slug(dom)}.faiss"
         faiss.write_index(index, str(out / name))
         np.save(out / f"rows_{_slug(dom)}.npy", rows)
         indexes[dom] = {"index": name, "rows": f"rows_{_slug(dom)}.npy", "items": len(rows)}
     (out / "export.json").write_text(json.dumps(
         {"items": len(item_ids), "dim": int(transferable.shape[1]), "residual": residual is not None,
-         "indexes": indexes, **(info or {})}, indent=2))
+         "popularity": counts is not None, "popularity_weight": float(popularity_weight), "indexes": indexes,
+         **(info or {})}, indent=2))
     return out
 
 
 class CrossDomainRetriever:
-    """Target-domain candidates for a source-domain history, from an export folder (or arrays)."""
+    """Target-domain candidates for a source-domain history, from an export folder (or arrays).
+
+    With ``counts`` (per item, training users) scores are ``cosine + popularity_weight * popularity_bias``;
+    ``search`` takes another weight per call (the index does not change with it).
+    """
 
     def __init__(self, item_ids: Sequence[str], domains: Sequence[str], transferable: np.ndarray,
-                 indexes: dict | None = None):
+                 indexes: dict | None = None, counts: Sequence[int] | None = None, popularity_weight: float = 0.0):
         import faiss
 
         self.item_ids = list(item_ids)
         self.row_of = {iid: i for i, iid in enumerate(self.item_ids)}
         self.domains = np.asarray(domains)
         self.vectors = np.ascontiguousarray(transferable, dtype=np.float32)
+        self.counts = None if counts is None else np.asarray(counts, dtype=np.int64)
+        self.bias = None if counts is None else popularity_bias(self.counts, self.domains)
+        if self.bias is None and popularity_weight:
+            raise LlmrecError("a popularity_weight needs the items' counts (an export written with them)")
+        self.popularity_weight = float(popularity_weight)
         self.indexes = indexes or {}
+        matrix = _index_matrix(self.vectors, self.bias)
         for dom in dict.fromkeys(self.domains.tolist()):
             if dom not in self.indexes:
                 rows = np.flatnonzero(self.domains == dom)
-                index = faiss.IndexFlatIP(self.vectors.shape[1])
-                index.add(self.vectors[rows])
+                index = faiss.IndexFlatIP(matrix.shape[1])
+                index.add(matrix[rows])
                 self.indexes[dom] = (index, rows)
+        for dom, (index, _) in self.indexes.items():
+            if index.d != matrix.shape[1]:
+                raise LlmrecError(f"index of '{dom}' has {index.d} dimensions, expected {matrix.shape[1]}")
 
     @classmethod
-    def load(cls, export_dir: str | Path) -> CrossDomainRetriever:
+    def load(cls, export_dir: str | Path, popularity_weight: float | None = None) -> CrossDomainRetriever:
+        """An export folder; ``popularity_weight`` None: the export's default (0 for exports without counts)."""
         import faiss
 
         d = Path(export_dir)
@@ -128,8 +186,10 @@ class CrossDomainRetriever:
         rows = [json.loads(line) for line in (d / "items.jsonl").read_text(encoding="utf-8").splitlines() if line]
         indexes = {dom: (faiss.read_index(str(d / m["index"])), np.load(d / m["rows"]))
                    for dom, m in meta["indexes"].items()}
+        counts = np.load(d / "popularity.npy") if meta.get("popularity") else None
+        weight = meta.get("popularity_weight", 0.0) if popularity_weight is None else popularity_weight
         return cls([r["item_id"] for r in rows], [r["domain"] for r in rows], np.load(d / "transferable.npy"),
-                   indexes)
+                   indexes, counts, weight)
 
     def query_vectors(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """``[n_users, dim]``: normalised mean of each history's vectors (unknown ids are skipped)."""
@@ -140,13 +200,20 @@ class CrossDomainRetriever:
                 q[u] = self.vectors[rows].mean(0)
         return _unit(q)
 
-    def search(self, histories: Sequence[Sequence[str]], target_domain: str, k: int = 10
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """(rows ``[n_users, k]`` into ``item_ids``, -1 where none; cosine scores ``[n_users, k]``)."""
+    def search(self, histories: Sequence[Sequence[str]], target_domain: str, k: int = 10,
+               popularity_weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows ``[n_users, k]`` into ``item_ids``, -1 where none; scores ``[n_users, k]``: the cosine plus
+        ``popularity_weight`` (default: the retriever's) times the item's popularity bias)."""
         if target_domain not in self.indexes:
             raise LlmrecError(f"no domain '{target_domain}' in the export (domains: {sorted(self.indexes)})")
+        weight = self.popularity_weight if popularity_weight is None else float(popularity_weight)
+        if weight and self.bias is None:
+            raise LlmrecError("a popularity_weight needs the items' counts (an export written with them)")
         index, rows = self.indexes[target_domain]
-        sims, local = index.search(self.query_vectors(histories), min(k, len(rows)))
+        q = self.query_vectors(histories)
+        if self.bias is not None:
+            q = np.ascontiguousarray(np.hstack([q, np.full((len(q), 1), weight, dtype=np.float32)]))
+        sims, local = index.search(q, min(k, len(rows)))
         out = np.where(local >= 0, rows[np.maximum(local, 0)], -1)
         if out.shape[1] < k:
             pad = k - out.shape[1]
@@ -154,12 +221,13 @@ class CrossDomainRetriever:
             sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-np.inf)
         return out, sims
 
-    def retrieve(self, history: Sequence[str], target_domain: str, k: int = 10) -> list[tuple[str, float]]:
-        """One user's target-domain candidates: ``[(item_id, cosine), ...]``, best first."""
+    def retrieve(self, history: Sequence[str], target_domain: str, k: int = 10,
+                 popularity_weight: float | None = None) -> list[tuple[str, float]]:
+        """One user's target-domain candidates: ``[(item_id, score), ...]``, best first (see :meth:`search`)."""
         if not any(i in self.row_of for i in history):
             known = ", ".join(self.item_ids[:3])
             raise LlmrecError(f"none of the history's items is in the export (ids look like: {known}, ...)")
-        rows, sims = self.search([list(history)], target_domain, k)
+        rows, sims = self.search([list(history)], target_domain, k, popularity_weight)
         return [(self.item_ids[r], float(s)) for r, s in zip(rows[0], sims[0]) if r >= 0]
 
 

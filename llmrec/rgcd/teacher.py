@@ -92,21 +92,44 @@ def parse_reasoning(text: str) -> ItemReasoning:
 
 @dataclass
 class TeacherTemplate:
-    """``prompts/rgcd/teacher.yaml``: system and user messages of the teacher, the student's prompt."""
+    """``prompts/rgcd/teacher.yaml``: system and user messages of the teacher, the student's prompt.
+
+    ``example`` (optional): a worked item (``item``, ``domain``, ``other_domain``) and its ``answer`` in the
+    schema, sent before the item as a user turn and the assistant's JSON (a one-shot example).
+    """
 
     system: str
     user: str
     student: str
     max_tokens: int = 512
+    example: dict | None = None
+
+    def __post_init__(self):
+        if self.example is not None:
+            missing = {"item", "domain", "other_domain", "answer"} - set(self.example)
+            if missing:
+                raise LlmrecError(f"teacher template example lacks {sorted(missing)}")
+            try:
+                ItemReasoning.model_validate(self.example["answer"])
+            except ValidationError as e:
+                raise LlmrecError(f"teacher template example answer does not fit the schema: {e}") from None
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> TeacherTemplate:
         return load_prompt_template(cls, path, "rgcd/teacher.yaml")
 
-    def messages(self, item: Item, other_domain: str) -> list[dict]:
+    def _user(self, item_text: str, domain: str, other_domain: str) -> str:
         keys = ", ".join(ItemReasoning.model_fields)
-        user = self.user.format(item=item.text, domain=item.domain, other_domain=other_domain, schema_keys=keys)
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+        return self.user.format(item=item_text, domain=domain, other_domain=other_domain, schema_keys=keys)
+
+    def messages(self, item: Item, other_domain: str) -> list[dict]:
+        msgs = [{"role": "system", "content": self.system}]
+        if self.example is not None:
+            ex = self.example
+            answer = ItemReasoning.model_validate(ex["answer"]).text()
+            msgs += [{"role": "user", "content": self._user(ex["item"], ex["domain"], ex["other_domain"])},
+                     {"role": "assistant", "content": answer}]
+        return msgs + [{"role": "user", "content": self._user(item.text, item.domain, other_domain)}]
 
     def student_prompt(self, item: Item) -> str:
         return self.student.format(item=item.text, domain=item.domain)
@@ -124,7 +147,8 @@ def request_key(model: str, messages: list[dict], structured: str) -> str:
 
 
 class TeacherCache:
-    """Append-only JSON lines: ``{"key", "item_id", "ok", "reasoning" | null, "error", "raw", "seconds"}``.
+    """Append-only JSON lines: ``{"key", "item_id", "ok", "reasoning" | null, "error", "raw", "finish",
+    "seconds"}`` (``finish``: the endpoint's finish reason, ``stop`` or ``length``).
 
     A line cut off by an interruption (no final newline, or not JSON) is dropped when the file is opened,
     so the next append starts on a clean line. Later records of a key win (a retried failure).
@@ -271,12 +295,14 @@ class Teacher:
         if fmt is not None:
             kwargs["response_format"] = fmt
         t0 = time.perf_counter()
-        rec = {"key": key, "item_id": item.item_id, "ok": False, "reasoning": None, "error": None, "raw": None}
+        rec = {"key": key, "item_id": item.item_id, "ok": False, "reasoning": None, "error": None, "raw": None,
+               "finish": None}
         try:
             resp = self.client.chat.completions.create(
                 model=c.model, messages=messages, temperature=c.temperature,
                 max_tokens=c.max_tokens or self.template.max_tokens, **kwargs)
             rec["raw"] = resp.choices[0].message.content or ""
+            rec["finish"] = resp.choices[0].finish_reason  # "length": cut at max_tokens, so never complete JSON
             rec["reasoning"] = parse_reasoning(rec["raw"]).model_dump()
             rec["ok"] = True
         except ValueError as e:
