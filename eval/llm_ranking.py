@@ -66,6 +66,40 @@ def candidate_scores(model, tokenizer, prompts: Sequence[list[dict]], candidates
     return out
 
 
+def target_ranks(scores: Sequence[np.ndarray], candidates: Sequence[Sequence[str]],
+                 targets: Sequence[str]) -> np.ndarray:
+    """1-based rank of each case's target among its candidates (ties keep candidate order, as in rank_cases)."""
+    out = np.empty(len(scores), dtype=np.int64)
+    for r, (s, cands, t) in enumerate(zip(scores, candidates, targets)):
+        order = np.argsort(-np.asarray(s), kind="stable")
+        out[r] = int(np.flatnonzero(order == list(cands).index(t))[0]) + 1
+    return out
+
+
+def ndcg_at_k_of_ranks(ranks, k: int = 10) -> np.ndarray:
+    """Per-case NDCG@k of a single relevant item at 1-based ``ranks`` (1 / log2(rank + 1), 0 below k)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def paired_comparison(a, b, seed: int = 0, n_resamples: int = 9999) -> dict:
+    """Per-case scores ``a`` vs ``b`` on the same cases: mean difference a - b with scipy's 95% paired bootstrap
+    interval (BCa), the Wilcoxon signed-rank p-value (two-sided; cases with no difference left out) and the
+    counts of cases a wins, loses and ties. Spread over training seeds says nothing about this sampling error."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    d = a - b
+    out = {"n": len(d), "mean_diff": float(d.mean()), "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
+           "ties": int((d == 0).sum()), "ci95": [float("nan"), float("nan")], "wilcoxon_p": float("nan")}
+    if np.any(d != 0):
+        ci = stats.bootstrap((d,), np.mean, n_resamples=n_resamples, confidence_level=0.95,
+                             rng=np.random.default_rng(seed)).confidence_interval
+        out["ci95"] = [float(ci.low), float(ci.high)]
+        out["wilcoxon_p"] = float(stats.wilcoxon(d[d != 0]).pvalue)
+    return out
+
+
 def rank_cases(scores: Sequence[np.ndarray], candidates: Sequence[Sequence[str]], targets: Sequence[str],
                metrics: str = "hr@1,hr@5,ndcg@5,ndcg@10,mrr") -> dict[str, float]:
     """Ranking metrics of the held-out target among each case's candidates (trec_eval definitions)."""

@@ -52,6 +52,34 @@ def test_rank_cases_hand_computed():
     assert m["ndcg@3"] == pytest.approx((1 / np.log2(3) + 1) / 2)
 
 
+def test_target_ranks_and_per_case_ndcg_agree_with_rank_cases():
+    from llmrec.eval.llm_ranking import ndcg_at_k_of_ranks, rank_cases, target_ranks
+
+    scores = [np.array([0.1, 0.9, 0.5]), np.array([0.3, 0.2, 0.1]), np.array([0.5, 0.5, 0.5])]
+    cands = [["a", "b", "c"], ["x", "y", "z"], ["p", "q", "r"]]
+    ranks = target_ranks(scores, cands, ["c", "x", "q"])
+    assert ranks.tolist() == [2, 1, 2]  # a tie keeps the candidate order, as rank_cases does
+    per_case = ndcg_at_k_of_ranks(ranks, k=10)
+    assert per_case.tolist() == pytest.approx([1 / np.log2(3), 1.0, 1 / np.log2(3)])
+    assert per_case.mean() == pytest.approx(rank_cases(scores, cands, ["c", "x", "q"], "ndcg@10")["ndcg@10"])
+    assert ndcg_at_k_of_ranks([11, 10], k=10).tolist() == [0.0, pytest.approx(1 / np.log2(11))]
+
+
+def test_paired_comparison_counts_and_intervals():
+    from llmrec.eval.llm_ranking import paired_comparison
+
+    rng = np.random.default_rng(0)
+    b = rng.random(200)
+    a = b + 0.1 + rng.normal(0, 0.05, 200)  # a is better on almost every case
+    c = paired_comparison(a, b)
+    assert c["n"] == 200 and c["wins"] + c["losses"] + c["ties"] == 200 and c["wins"] > 190
+    assert c["mean_diff"] == pytest.approx(float(np.mean(a - b)))
+    assert c["ci95"][0] < c["mean_diff"] < c["ci95"][1] and c["ci95"][0] > 0.08
+    assert c["wilcoxon_p"] < 1e-10
+    same = paired_comparison(b, b)
+    assert same["ties"] == 200 and same["mean_diff"] == 0 and np.isnan(same["wilcoxon_p"])
+
+
 def test_candidate_scores_match_a_direct_forward(tiny_backbone):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

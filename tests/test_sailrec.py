@@ -225,6 +225,24 @@ def test_recipe_trains_evaluates_and_reloads(tiny_backbone, small_cf, tmp_path):
     assert set(report["results"]) == {"sailrec", "sailrec_unsteered", "text_only", "cf"}
     assert all(0 <= m["ndcg@10"] <= m["hr@10"] <= 1 for m in report["results"].values())
     assert json.loads((run / "eval.json").read_text()) == report
+    # Per-user ranks behind the means, and the paired comparisons of SAILRec against each other system.
+    from llmrec.eval.llm_ranking import ndcg_at_k_of_ranks
+
+    for name, ranks in report["ranks"].items():
+        assert len(ranks) == 6 and all(1 <= r <= 20 for r in ranks)
+        assert np.mean(np.asarray(ranks) == 1) == pytest.approx(report["results"][name]["hr@1"])
+        assert ndcg_at_k_of_ranks(ranks).mean() == pytest.approx(report["results"][name]["ndcg@10"])
+    assert set(report["paired_ndcg@10"]) == {"sailrec - sailrec_unsteered", "sailrec - text_only", "sailrec - cf"}
+    vs_cf = report["paired_ndcg@10"]["sailrec - cf"]
+    assert vs_cf["mean_diff"] == pytest.approx(report["results"]["sailrec"]["ndcg@10"] - report["results"]["cf"]["ndcg@10"])
+    # `llmrec sailrec eval` rebuilds the run and ranks the same users the same way.
+    from llmrec.cli.main import main
+
+    assert main(["sailrec", "eval", str(run), "--users", "6", "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["user_ids"] == report["user_ids"] and again["ranks"] == report["ranks"]
+    for name, metrics in report["results"].items():
+        assert again["results"][name] == pytest.approx(metrics)
 
     rep = attention_report(run, users=2, out_png=tmp_path / "attn.png")
     assert (tmp_path / "attn.png").stat().st_size > 5000 and (tmp_path / "attn.json").is_file()

@@ -50,6 +50,9 @@ def results_table(report: dict) -> str:
     names = list(next(iter(rows.values())))
     lines = [f"{'':22s}" + "".join(f"{n:>10s}" for n in names)]
     lines += [f"{k:22s}" + "".join(f"{v[n]:10.4f}" for n in names) for k, v in rows.items()]
+    for pair, c in report.get("paired_ndcg@10", {}).items():
+        lines.append(f"{pair}: NDCG@10 {c['mean_diff']:+.4f} (95% CI {c['ci95'][0]:+.4f} .. {c['ci95'][1]:+.4f}, "
+                     f"Wilcoxon p {c['wilcoxon_p']:.3f}; {c['wins']} users better, {c['losses']} worse)")
     return f"{report['cases']} users, 1 + {report['n_negatives']} candidates each\n" + "\n".join(lines)
 
 
@@ -115,7 +118,7 @@ def train_sailrec(model_path, args, train_args, model_args=None, callbacks: list
     extra = {"backbone": str(model_path), "cf_dir": str(Path(args.cf_dir).resolve()), "data": args.data,
              "template": args.template, "schedule": model.bias.tolist(), "steer": args.steer, "align": args.align,
              "text_embedder": args.text_embedder, "codebook": [args.codebook_levels, args.codebook_codes],
-             "train_examples": len(rows)}
+             "train_examples": len(rows), "n_negatives": args.n_negatives, "eval_seed": args.eval_seed}
     trainer = _trainer_class()(model=model, args=train_args, train_dataset=SailRecDataset(rows),
                                data_collator=SailRecCollator(pad),
                                callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), *(callbacks or [])],
@@ -130,21 +133,33 @@ def train_sailrec(model_path, args, train_args, model_args=None, callbacks: list
 
 
 def evaluate(model, data, tokenizer, template, args, progress: bool = True) -> dict:
-    """Ranking metrics of the evaluation users' test items for SAILRec, its unsteered serving, text only, CF."""
+    """Ranking metrics of the evaluation users' test items for SAILRec, its unsteered serving, text only, CF.
+
+    Also each system's per-user rank of the target (``ranks``, in ``user_ids`` order) and paired per-user NDCG@10
+    comparisons of SAILRec against every other system (``paired_ndcg@10``: mean difference, 95% bootstrap
+    interval, Wilcoxon p, wins / losses / ties): the sampling error of the evaluation users themselves.
+    """
+    from llmrec.eval.llm_ranking import ndcg_at_k_of_ranks, paired_comparison, target_ranks
     from llmrec.training.sailrec import cf_scores, rank, score_cases
 
     report = {"cases": len(data.cases), "n_negatives": args.n_negatives, "schedule": model.bias.tolist(),
               "results": {}}
     if not data.cases:
         return report
-    res = report["results"]
-    res["sailrec"] = rank(score_cases(model, data, tokenizer, template, progress=progress), data)
+    scores = {"sailrec": score_cases(model, data, tokenizer, template, progress=progress)}
     if any(model.bias.tolist()):
-        res["sailrec_unsteered"] = rank(score_cases(model, data, tokenizer, template, steer=False,
-                                                    progress=progress), data)
+        scores["sailrec_unsteered"] = score_cases(model, data, tokenizer, template, steer=False, progress=progress)
     if args.eval_text_only:
-        res["text_only"] = rank(score_cases(model, data, tokenizer, template, cf_tokens=False, progress=progress), data)
-    res["cf"] = rank(cf_scores(data), data)
+        scores["text_only"] = score_cases(model, data, tokenizer, template, cf_tokens=False, progress=progress)
+    scores["cf"] = cf_scores(data)
+    report["results"] = {name: rank(s, data) for name, s in scores.items()}
+    cands, targets = [c.candidates for c in data.cases], [c.target for c in data.cases]
+    ranks = {name: target_ranks(s, cands, targets) for name, s in scores.items()}
+    report["user_ids"] = [c.user_id for c in data.cases]
+    report["ranks"] = {name: r.tolist() for name, r in ranks.items()}
+    own = ndcg_at_k_of_ranks(ranks["sailrec"])
+    report["paired_ndcg@10"] = {f"sailrec - {name}": paired_comparison(own, ndcg_at_k_of_ranks(r))
+                                for name, r in ranks.items() if name != "sailrec"}
     return report
 
 
@@ -161,8 +176,10 @@ def load_run(run_dir, max_eval_users: int = 8):
     from llmrec.training.tapper import freeze
 
     proj, meta = load_projector(run_dir)
+    # Runs saved before n_negatives / eval_seed were recorded used the defaults.
+    same = {k: meta[k] for k in ("n_negatives", "eval_seed") if k in meta}
     cfg = SailRecConfig(backbone=meta["backbone"], cf_dir=meta["cf_dir"], data=meta.get("data"),
-                        template=meta.get("template"), max_eval_users=max_eval_users)
+                        template=meta.get("template"), max_eval_users=max_eval_users, **same)
     data = load_data(cfg)
     tokenizer = AutoTokenizer.from_pretrained(meta["backbone"])
     backbone = freeze(AutoModelForCausalLM.from_pretrained(meta["backbone"], dtype=torch.float32))

@@ -20,6 +20,18 @@ def register(sub) -> None:
     a.add_argument("--users", type=int, default=8, help="evaluation users whose prompts are averaged (default 8)")
     a.add_argument("--out", metavar="PNG", help="image to write (default RUN_DIR/attention.png)")
     a.set_defaults(func=_attention)
+    e = add_command(ssub, "eval", help="re-rank a trained run's evaluation users (per-user ranks, paired tests)",
+                    description="Rebuilds a trained run (projector, CF tables, steering schedule) and ranks the "
+                    "first --users evaluation users' test items with SAILRec, its unsteered serving, the same "
+                    "prompt text-only and the CF model alone. Writes the metrics, each user's rank of the target "
+                    "and paired per-user NDCG@10 comparisons (bootstrap interval, Wilcoxon p) as JSON.\n\n"
+                    "example: llmrec sailrec eval runs/sailrec_ml100k --users 100")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="output_dir of 'llmrec train sailrec'")
+    e.add_argument("--users", type=int, default=100, help="evaluation users (default 100, the configs' size)")
+    e.add_argument("--text_only", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                   help="also rank with the same prompt without soft tokens (default true)")
+    e.add_argument("--out", metavar="JSON", help="report to write (default RUN_DIR/eval_users<N>.json)")
+    e.set_defaults(func=_eval)
 
 
 def _attention(args) -> int:
@@ -34,4 +46,24 @@ def _attention(args) -> int:
         print(f"{i:5d} {b:7.2f} {m0:8.4f} {m1:8.4f}")
     print(f"wrote {r['png']} and {r['png'].rsplit('.', 1)[0]}.json ({r['users']} prompts, "
           f"{r['cf_tokens_per_prompt']:.1f} CF tokens each)")
+    return 0
+
+
+def _eval(args) -> int:
+    import json
+    import os
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from llmrec.training.sailrec_recipe import evaluate, load_run, results_table
+
+    model, data, tokenizer, template, _ = load_run(args.run_dir, args.users)
+    report = evaluate(model, data, tokenizer, template,
+                      SimpleNamespace(n_negatives=len(data.cases[0].candidates) - 1 if data.cases else 0,
+                                      eval_text_only=args.text_only))
+    out = Path(args.out or Path(args.run_dir, f"eval_users{args.users}.json"))
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(results_table(report))
+    print(f"wrote {out}")
     return 0
