@@ -26,6 +26,17 @@ def test_lora_args_validation(tmp_path):
                                                f"a={tmp_path}"]
 
 
+def test_inner_api_key_starting_with_dash_reaches_vllm_intact():
+    # vLLM's own argument parser, as the server process will run it: a random key may begin with "-".
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from llmrec.cli.serve import vllm_api_key_args
+
+    parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", "m", *vllm_api_key_args("-k_1")])
+    assert parsed.api_key == ["-k_1"]
+
+
 def test_serve_unknown_model_is_one_line_error(capsys):
     from llmrec.cli.main import main
 

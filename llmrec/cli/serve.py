@@ -50,6 +50,12 @@ def register(sub) -> None:
     p.set_defaults(func=run, passthrough=True)
 
 
+def vllm_api_key_args(key: str) -> list[str]:
+    # One token, "--api-key=KEY": as two tokens a key starting with "-" is read by argparse as a flag and vLLM
+    # exits at start-up (a url-safe random key did so about once in 64 starts).
+    return [f"--api-key={key}"]
+
+
 def _has_flag(args: list[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in args)
 
@@ -89,7 +95,7 @@ def run(args) -> int:
         return _run_gateway(args, model_path, args.upstream.rstrip("/"), args.upstream_api_key, catalogs, adapter_dir)
 
     # vLLM listens on loopback only, behind a key only the gateway knows: nothing reaches it around the gateway.
-    inner_key = secrets.token_urlsafe(24)
+    inner_key = secrets.token_hex(24)
     extra += lora_args(args.lora, args.max_lora_rank)
     if adapter_dir is not None and not _has_flag(extra, "--enable-lora"):
         extra += ["--enable-lora", "--max-lora-rank", str(args.max_lora_rank)]
@@ -97,7 +103,7 @@ def run(args) -> int:
         extra.append("--enable-prompt-embeds")
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if adapter_dir is not None else {}
     server = VLLMServer(model_path, host="127.0.0.1", port=free_port(), served_model_name=served_name,
-                        extra_args=[*extra, "--api-key", inner_key], env=env)
+                        extra_args=[*extra, *vllm_api_key_args(inner_key)], env=env)
     print(f"starting vLLM on {model_path} ...", flush=True)
     with server:
         print(f"vLLM ready on {server.url} (log: {server.log_path})", flush=True)
