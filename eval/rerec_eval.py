@@ -42,6 +42,33 @@ def score_completions(tasks: Sequence[dict], completions: Sequence[str], metrics
     return result
 
 
+REFERENCES = ("random", "overlap")
+
+
+def reference_completions(tasks: Sequence[dict], kind: str, seed: int = 0) -> list[str]:
+    """Answers of a non-LLM reference, as ``\\boxed{...}`` text scored like a model's.
+
+    ``random``: a seeded random order (expected HR@1 = 1/candidates). ``overlap``: candidates by how many
+    of the need's category/genre attributes they have, ties in the order shown; it reads only what the
+    request states (never the CF scores, which are computed from the target).
+    """
+    from llmrec.training.rerec_tasks import category_attributes
+
+    if kind not in REFERENCES:
+        raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {kind!r}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for task in tasks:
+        n = len(task["candidates"])
+        if kind == "random":
+            order = rng.permutation(n).tolist()
+        else:
+            need = set(category_attributes(task["target_attributes"]))
+            order = sorted(range(n), key=lambda i: (-len(need & set(task["candidate_attributes"][i])), i))
+        out.append("\\boxed{" + ", ".join(str(i + 1) for i in order) + "}")
+    return out
+
+
 def generate_hf(model_path, tasks: Sequence[dict], adapter: str | None = None, max_new_tokens: int = 160,
                 batch_size: int = 8, progress: bool = True) -> list[str]:
     """Greedy answers with HF ``generate`` (left padding, the model's chat template)."""
@@ -94,12 +121,21 @@ def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None,
 
 
 def evaluate_rerec(model_path, tasks: Sequence[dict], adapter: str | None = None, engine: str = "hf",
-                   max_new_tokens: int = 160, out: str | Path | None = None, **kw) -> dict:
-    """Generate, score, and (with ``out``) write ``predictions.jsonl`` and ``metrics.json`` there."""
-    gen = generate_vllm if engine == "vllm" else generate_hf
-    completions = gen(model_path, tasks, adapter=adapter, max_new_tokens=max_new_tokens, **kw)
-    result = score_completions(tasks, completions)
-    result.update(model=str(model_path), adapter=adapter, engine=engine, max_new_tokens=max_new_tokens)
+                   max_new_tokens: int = 160, out: str | Path | None = None, reference: str | None = None,
+                   **kw) -> dict:
+    """Generate, score, and (with ``out``) write ``predictions.jsonl`` and ``metrics.json`` there.
+
+    With ``reference`` ("random" or "overlap") no model runs: that reference's rankings are scored instead.
+    """
+    if reference:
+        completions = reference_completions(tasks, reference)
+        result = score_completions(tasks, completions)
+        result.update(reference=reference)
+    else:
+        gen = generate_vllm if engine == "vllm" else generate_hf
+        completions = gen(model_path, tasks, adapter=adapter, max_new_tokens=max_new_tokens, **kw)
+        result = score_completions(tasks, completions)
+        result.update(model=str(model_path), adapter=adapter, engine=engine, max_new_tokens=max_new_tokens)
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -49,13 +49,18 @@ def shared_data_dir() -> Path | None:
 def load_prompt_template(cls, path: str | Path | None, default: str):
     """A prompt-template dataclass from a YAML file (``default``: its path under ``prompts/``).
 
-    A missing or unknown key is one error line naming the file, not a traceback.
+    ``path`` may also be relative to ``prompts/`` ("rerec/task_attributes.yaml"). A missing file, or a
+    missing or unknown key, is one error line naming the file, not a traceback.
     """
     import yaml
 
     from llmrec.errors import LlmrecError
 
     path = Path(path) if path else prompts_dir() / default
+    if not path.is_file() and not path.is_absolute() and (prompts_dir() / path).is_file():
+        path = prompts_dir() / path
+    if not path.is_file():
+        raise LlmrecError(f"prompt template {path} not found")
     try:
         return cls(**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}))
     except TypeError as e:

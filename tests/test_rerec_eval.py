@@ -64,3 +64,37 @@ def test_rerec_eval_cli_on_the_tiny_model(tiny_backbone, shared_data, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tasks"] == 4 and 0 <= metrics["format_valid"] <= 1 and sum(metrics["status"].values()) == 4
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 4
+
+
+def test_overlap_reference_ranks_by_shared_need_attributes_hand_computed():
+    from llmrec.eval.rerec_eval import reference_completions
+
+    # need: Comedy; items 1 and 3 are Comedy, target is 3: overlap order 1, 3, 0, 2, 4 -> target at rank 2
+    task = _task(3)
+    texts = reference_completions([task], "overlap")
+    assert texts == ["\\boxed{2, 4, 1, 3, 5}"]
+    r = score_completions([task], texts)
+    assert r["hr@1"] == 0.0 and r["ndcg@10"] == pytest.approx(1 / math.log2(3)) and r["format_valid"] == 1.0
+    rand = reference_completions([_task(0)] * 200, "random")
+    assert score_completions([_task(0)] * 200, rand)["hr@1"] == pytest.approx(1 / 5, abs=0.08)
+    with pytest.raises(ValueError, match="reference must be one of"):
+        reference_completions([task], "oracle")
+
+
+def test_rerec_eval_cli_reference_needs_no_model(shared_data, tmp_path, capsys):
+    import json
+
+    from llmrec.cli.main import main
+
+    data = str(shared_data / "movielens" / "recbole_ml-100k")
+    out = tmp_path / "ref"
+    assert main(["eval", "rerec", "--reference", "overlap", "--data", data, "--max_tasks", "50",
+                 "--task_prompt", "rerec/task_attributes.yaml", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # the need names the target's genres, so the target is among the best-overlapping candidates
+    assert metrics["reference"] == "overlap" and metrics["format_valid"] == 1.0 and metrics["hr@1"] > 0.4
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 50
+    capsys.readouterr()
+    assert main(["eval", "rerec", "--reference", "random", "--adapter", str(tmp_path), "--data", data]) == 2
+    assert "--adapter belongs to a model" in capsys.readouterr().err

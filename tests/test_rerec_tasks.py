@@ -165,6 +165,23 @@ def test_template_need_and_titles():
     assert len(t.title("x" * 500)) == t.max_title_chars and t.title("x" * 500).endswith("...")
 
 
+def test_attribute_template_lists_candidate_genres(ml100k):
+    from llmrec.errors import LlmrecError
+
+    t = RerecTemplate.load("rerec/task_attributes.yaml")
+    msg = t.messages([{"title": "Heat", "rating": 4.0}], "need", [
+        {"title": "Casper", "attributes": ["Adventure", "Children's", "brand:x", "price:under $10"]},
+        {"title": "Odd", "attributes": []}])
+    assert "[1] Casper (Adventure, Children's)\n[2] Odd (n/a)" in msg[-1]["content"]
+    tasks = build_rerec_tasks(ml100k, "test", max_users=3, template="rerec/task_attributes.yaml")
+    first = tasks[0]
+    for number, attrs in enumerate(first["candidate_attributes"], start=1):
+        assert f"[{number}] {first['candidate_titles'][number - 1]} ({', '.join(attrs) or 'n/a'})" in \
+            first["prompt"][-1]["content"]
+    with pytest.raises(LlmrecError, match="not found"):
+        RerecTemplate.load("rerec/no_such_prompt.yaml")
+
+
 def test_storage_roundtrip(ml_tasks, tmp_path):
     tasks = ml_tasks["test"][:30]
     path = write_tasks_jsonl(tasks, tmp_path / "sub" / "tasks.jsonl")

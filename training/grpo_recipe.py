@@ -45,6 +45,9 @@ class RerecArguments(CommonArguments):
     n_candidates: int = field(default=20, metadata={"help": "candidates per task (1 held-out positive + negatives)"})
     max_history: int = field(default=10, metadata={"help": "history items shown in the request"})
     task_seed: int = field(default=0, metadata={"help": "seed for negatives and candidate order"})
+    task_prompt: str | None = field(default=None, metadata={
+        "help": "task prompt file (default prompts/rerec/task.yaml; prompts/rerec/task_attributes.yaml also "
+                "lists each candidate's genres/categories)"})
     reward: str = field(default="full", metadata={
         "help": "full = format + NDCG@K + w_qas*QAS + w_pas*PAS; ndcg = NDCG@K only (plain GRPO baseline)"})
     ndcg_k: int = field(default=10, metadata={"help": "K of the NDCG reward"})
@@ -118,7 +121,7 @@ def rerec_setup(args: RerecArguments, grpo_config):
 
     tasks = T.load_rerec_tasks("train", data=args.data, tasks_file=args.tasks_file, item_meta=args.item_meta,
                                cf_dir=args.cf_dir, n_candidates=args.n_candidates, max_history=args.max_history,
-                               seed=args.task_seed, max_tasks=args.max_train_tasks)
+                               seed=args.task_seed, max_tasks=args.max_train_tasks, template=args.task_prompt)
     format_r, ndcg_r, qas_r, pas_r = R.make_component_rewards(
         k=args.ndcg_k, log_with="format" if args.reward == "full" else "ndcg")
     if args.reward == "full":

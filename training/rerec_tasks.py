@@ -87,7 +87,9 @@ class RerecTemplate:
         hist = [self.history_item_unrated.format(title=self.title(h["title"])) if h.get("rating") is None
                 else self.history_item.format(title=self.title(h["title"]), rating=f"{h['rating']:g}")
                 for h in history]
-        cands = [self.candidate_item.format(number=i + 1, title=c["title"], attributes=", ".join(c["attributes"]))
+        # what a need can ask for (categories/genres); brand and price stay out of the candidate line
+        cands = [self.candidate_item.format(number=i + 1, title=c["title"],
+                                            attributes=", ".join(category_attributes(c["attributes"])) or "n/a")
                  for i, c in enumerate(candidates)]
         user = self.prompt.format(history="\n".join(hist), need=need, candidates="\n".join(cands), n=len(candidates))
         return ([{"role": "system", "content": self.system}] if self.system else []) + [
@@ -285,10 +287,12 @@ def read_tasks_jsonl(path: str | Path) -> list[dict]:
 
 def load_rerec_tasks(split: str, *, data: str | Path | None = None, tasks_file: str | Path | None = None,
                      item_meta: str | Path | None = None, cf_dir: str | Path | None = None, n_candidates: int = 20,
-                     max_history: int = 10, seed: int = 0, max_tasks: int | None = None) -> list[dict]:
+                     max_history: int = 10, seed: int = 0, max_tasks: int | None = None,
+                     template: RerecTemplate | str | Path | None = None) -> list[dict]:
     """Tasks from a JSONL file, or built from a data folder (with the CF run in ``cf_dir`` for PAS).
 
     What the training recipe and ``llmrec eval rerec`` both do with their command-line arguments.
+    ``template`` is the task prompt file (default prompts/rerec/task.yaml); a tasks file keeps its own prompts.
     """
     if tasks_file:
         tasks = read_tasks_jsonl(tasks_file)
@@ -302,5 +306,5 @@ def load_rerec_tasks(split: str, *, data: str | Path | None = None, tasks_file: 
             cf = load_cf(cf_dir)
         recdata = load_recdata(data, **({"item_meta": item_meta} if item_meta else {}))
         tasks = build_rerec_tasks(recdata, split=split, n_candidates=n_candidates, max_history=max_history,
-                                  seed=seed, cf=cf, max_users=max_tasks)
+                                  seed=seed, cf=cf, max_users=max_tasks, template=template)
     return tasks[:max_tasks] if max_tasks else tasks

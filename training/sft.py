@@ -29,6 +29,8 @@ class SFTDataArguments:
         "help": "item metadata file for rerec_data when titles live apart (Amazon Beauty: Amazon_Beauty.item)"})
     rerec_cf_dir: str | None = field(default=None, metadata={
         "help": "CF run for the ReRec tasks' PAS column (orders the runners-up in the warm-start answers)"})
+    rerec_task_prompt: str | None = field(default=None, metadata={
+        "help": "ReRec task prompt file (default prompts/rerec/task.yaml); use the GRPO run's and the evaluation's"})
     retriever: str = field(default="bm25", metadata={"help": "profile retriever for LaMP prompts: bm25, dense, none"})
     k: int = field(default=2, metadata={"help": "profile items put in each LaMP prompt"})
     max_train_examples: int | None = field(default=None, metadata={"help": "cap on training examples"})

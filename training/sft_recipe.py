@@ -55,5 +55,5 @@ def rerec_warm_start(data_args) -> list[dict]:
         cf = load_cf(data_args.rerec_cf_dir)
     meta = {"item_meta": data_args.rerec_item_meta} if data_args.rerec_item_meta else {}
     tasks = build_rerec_tasks(load_recdata(data_args.rerec_data, **meta), split="train", cf=cf,
-                              max_users=data_args.max_train_examples)
+                              max_users=data_args.max_train_examples, template=data_args.rerec_task_prompt)
     return rerec_sft_examples(tasks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from llmrec.cli.common import add_command
+from llmrec.errors import LlmrecError
 
 DESCRIPTION = """\
 Builds the held-out (test-split) ReRec tasks of a data set, or reads them from --tasks_file, lets the model
@@ -15,13 +16,18 @@ example:
   llmrec eval rerec --model smollm2-135m-instruct --adapter runs/grpo_rerec_ml100k \\
       --data ../shared/data/movielens/recbole_ml-100k --cf_dir runs/cf_lightgcn_ml100k \\
       --max_tasks 200 --engine vllm --out runs/eval_rerec_ml100k
+  llmrec eval rerec --reference overlap --data ../shared/data/movielens/recbole_ml-100k --max_tasks 200
 """
 
 
 def register(sub) -> None:
     p = add_command(sub, "rerec", help="score a ReRec policy (HR@1, NDCG@10, format validity) on held-out tasks",
                     description=DESCRIPTION)
-    p.add_argument("--model", required=True, help="backbone name or local HF model folder")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", help="backbone name or local HF model folder")
+    who.add_argument("--reference", choices=["random", "overlap"],
+                     help="score a non-LLM reference instead: a random order, or candidates by how many of the "
+                          "need's genres/categories they have")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder (a training run's output_dir)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="data folder; its test-split tasks are built")
@@ -31,6 +37,8 @@ def register(sub) -> None:
     p.add_argument("--n_candidates", type=int, default=20)
     p.add_argument("--max_history", type=int, default=10)
     p.add_argument("--task_seed", type=int, default=0)
+    p.add_argument("--task_prompt", default=None,
+                   help="task prompt file, the one the policy was trained with (default prompts/rerec/task.yaml)")
     p.add_argument("--max_tasks", type=int, default=200, help="held-out users evaluated (default: %(default)s)")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="generation engine (default: %(default)s)")
     p.add_argument("--max_new_tokens", type=int, default=160)
@@ -45,8 +53,11 @@ def run(args) -> int:
 
     tasks = T.load_rerec_tasks("test", data=args.data, tasks_file=args.tasks_file, item_meta=args.item_meta,
                                cf_dir=args.cf_dir, n_candidates=args.n_candidates, max_history=args.max_history,
-                               seed=args.task_seed, max_tasks=args.max_tasks)
-    result = evaluate_rerec(resolve_backbone(args.model), tasks, adapter=args.adapter, engine=args.engine,
-                            max_new_tokens=args.max_new_tokens, out=args.out)
+                               seed=args.task_seed, max_tasks=args.max_tasks, template=args.task_prompt)
+    if args.reference and args.adapter:
+        raise LlmrecError("--adapter belongs to a model; a --reference runs none")
+    model = resolve_backbone(args.model) if args.model else None
+    result = evaluate_rerec(model, tasks, adapter=args.adapter, engine=args.engine,
+                            max_new_tokens=args.max_new_tokens, out=args.out, reference=args.reference)
     print(json.dumps({k: result[k] for k in ("tasks", "hr@1", "hr@5", "ndcg@10", "mrr", "format_valid", "status")}))
     return 0
