@@ -262,6 +262,17 @@ def test_config_errors():
     assert SailRecConfig(cf_dir="x", steer_schedule=[1, 2, 3]).schedule(3) == [1.0, 2.0, 3.0]
 
 
+def test_side_module_folders_name_the_command_that_makes_them(tmp_path):
+    from llmrec.errors import LlmrecError
+    from llmrec.sailrec.projector import load_projector
+    from llmrec.training.tapper import load_encoder
+
+    with pytest.raises(LlmrecError, match="not a 'llmrec train sailrec' output folder"):
+        load_projector(tmp_path)
+    with pytest.raises(LlmrecError, match="not a 'llmrec train tapper' output folder"):
+        load_encoder(tmp_path)
+
+
 def test_vllm_serves_the_soft_tokens_without_the_steering(tiny_backbone, tiny_vllm_server):
     """SAILRec's prompt_embeds through the real vLLM server give HF's greedy tokens *without* steering; with a
     strong schedule HF's tokens differ: stock vLLM serves the soft tokens, not the per-layer steering."""

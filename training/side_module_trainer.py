@@ -7,10 +7,40 @@ save the module (and the adapter), and resume from the same files, so a killed r
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+
+def save_side_module(module: torch.nn.Module, out_dir: str | Path, key: str, config_file: str, weights_file: str,
+                     extra: dict | None = None) -> Path:
+    """``config_file`` holds ``{key: module.config, **extra}`` (the constructor's arguments and run settings),
+    ``weights_file`` the state dict as safetensors."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(out / weights_file))
+    (out / config_file).write_text(json.dumps({key: module.config, **(extra or {})}, indent=2) + "\n")
+    return out
+
+
+def load_side_module(cls, run_dir: str | Path, key: str, config_file: str, weights_file: str, made_by: str):
+    """``(module in eval mode, saved settings)`` from a folder ``save_side_module`` wrote; a folder without the
+    config is one error line naming the command (``made_by``) that makes such folders."""
+    from safetensors.torch import load_file
+
+    from llmrec.errors import LlmrecError
+
+    run = Path(run_dir)
+    if not (run / config_file).is_file():
+        raise LlmrecError(f"{run} has no {config_file}: not a '{made_by}' output folder")
+    meta = json.loads((run / config_file).read_text())
+    module = cls(**meta[key])
+    module.load_state_dict(load_file(str(run / weights_file)))
+    return module.eval(), meta
 
 
 def side_module_trainer(attr: str, save: Callable, weights_file: str, log_extra: Callable | None = None):

@@ -32,7 +32,6 @@ tokens), so a stored prefix means at serving what it meant in training.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -289,26 +288,16 @@ def count_params(module: nn.Module, trainable_only: bool = False) -> int:
 
 def save_encoder(encoder: PrefixEncoder, out_dir: str | Path, extra: dict | None = None) -> Path:
     """``tapper_encoder.json`` (constructor arguments + ``extra``) and ``tapper_encoder.safetensors``."""
-    from safetensors.torch import save_file
+    from llmrec.training.side_module_trainer import save_side_module
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ENCODER_CONFIG).write_text(json.dumps({"encoder": encoder.config, **(extra or {})}, indent=2) + "\n")
-    save_file({k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}, str(out / ENCODER_WEIGHTS))
-    return out
+    return save_side_module(encoder, out_dir, "encoder", ENCODER_CONFIG, ENCODER_WEIGHTS, extra)
 
 
 def load_encoder(run_dir: str | Path) -> tuple[PrefixEncoder, dict]:
     """The trained encoder of a ``tapper`` run (eval mode) and its saved config."""
-    from safetensors.torch import load_file
+    from llmrec.training.side_module_trainer import load_side_module
 
-    run = Path(run_dir)
-    if not (run / ENCODER_CONFIG).is_file():
-        raise LlmrecError(f"{run}: no {ENCODER_CONFIG} (not a 'llmrec train tapper' output folder)")
-    doc = json.loads((run / ENCODER_CONFIG).read_text())
-    enc = PrefixEncoder(**doc["encoder"])
-    enc.load_state_dict(load_file(str(run / ENCODER_WEIGHTS)))
-    return enc.eval(), doc
+    return load_side_module(PrefixEncoder, run_dir, "encoder", ENCODER_CONFIG, ENCODER_WEIGHTS, "llmrec train tapper")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ Alignment (both computed on the soft tokens, so they shape what the LM reads):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -91,26 +90,14 @@ def user_alignment_loss(code_logits: torch.Tensor, profile: torch.Tensor) -> tor
 
 
 def save_projector(proj: SoftTokenProjector, out: str | Path, extra: dict | None = None) -> Path:
-    from safetensors.torch import save_file
+    from llmrec.training.side_module_trainer import save_side_module
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in proj.state_dict().items()}, str(out / PROJECTOR_WEIGHTS))
-    (out / PROJECTOR_CONFIG).write_text(json.dumps({"projector": proj.config, **(extra or {})}, indent=2) + "\n")
-    return out
+    return save_side_module(proj, out, "projector", PROJECTOR_CONFIG, PROJECTOR_WEIGHTS, extra)
 
 
 def load_projector(run_dir: str | Path) -> tuple[SoftTokenProjector, dict]:
     """The projector of a ``llmrec train sailrec`` run and its saved settings (``sailrec_projector.json``)."""
-    from safetensors.torch import load_file
+    from llmrec.training.side_module_trainer import load_side_module
 
-    from llmrec.errors import LlmrecError
-
-    run_dir = Path(run_dir)
-    if not (run_dir / PROJECTOR_CONFIG).is_file():
-        raise LlmrecError(f"{run_dir} has no {PROJECTOR_CONFIG}: not a 'llmrec train sailrec' output folder")
-    meta = json.loads((run_dir / PROJECTOR_CONFIG).read_text())
-    proj = SoftTokenProjector(**meta["projector"])
-    proj.load_state_dict(load_file(str(run_dir / PROJECTOR_WEIGHTS)))
-    proj.eval()
-    return proj, meta
+    return load_side_module(SoftTokenProjector, run_dir, "projector", PROJECTOR_CONFIG, PROJECTOR_WEIGHTS,
+                            "llmrec train sailrec")
