@@ -19,7 +19,12 @@ METRICS = "hr@1,hr@5,ndcg@10,mrr"
 
 
 def score_completions(tasks: Sequence[dict], completions: Sequence[str], metrics: str = METRICS) -> dict:
-    """Ranking metrics of the held-out target in each parsed answer, plus format validity and its causes."""
+    """Ranking metrics of the held-out target in each parsed answer, plus format validity and its causes.
+
+    The ``lenient/`` metrics also read the box of an answer with duplicate or out-of-range numbers (those
+    dropped, the rest in order): they tell a policy that picks well but formats badly from one that picks
+    badly. Only the strict ones count an answer the way the format reward does.
+    """
     from llmrec.eval.ranking import evaluate_topk
     from llmrec.rewards.rerec import parse_answer
 
@@ -27,6 +32,7 @@ def score_completions(tasks: Sequence[dict], completions: Sequence[str], metrics
         raise ValueError(f"{len(tasks)} tasks but {len(completions)} completions")
     width = max(len(t["candidates"]) for t in tasks)
     topk = np.full((len(tasks), width), -1, dtype=np.int64)
+    lenient = topk.copy()
     pos = np.full(len(tasks), -1, dtype=np.int64)
     statuses = Counter()
     for r, (task, text) in enumerate(zip(tasks, completions)):
@@ -34,8 +40,11 @@ def score_completions(tasks: Sequence[dict], completions: Sequence[str], metrics
         statuses[answer.status] += 1
         ranking = list(answer.ranking)[:width] if answer.status == "ok" else []
         topk[r, : len(ranking)] = ranking
+        read = list(answer.ranking)[:width] if answer.status in ("ok", "duplicate", "out-of-range") else []
+        lenient[r, : len(read)] = read
         pos[r] = task["candidates"].index(task["targets"][0])
     result = {k: float(v) for k, v in evaluate_topk(topk, pos, metrics).metrics.items()}
+    result.update({f"lenient/{k}": float(v) for k, v in evaluate_topk(lenient, pos, metrics).metrics.items()})
     result["format_valid"] = statuses["ok"] / len(tasks)
     result["status"] = dict(statuses)
     result["tasks"] = len(tasks)

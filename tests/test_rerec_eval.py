@@ -33,6 +33,10 @@ def test_score_completions_hand_computed():
     assert r["mrr"] == pytest.approx((1 + 1 / 3) / 4)
     assert r["format_valid"] == pytest.approx(2 / 4)
     assert r["status"] == {"ok": 2, "no-answer": 1, "out-of-range": 1}
+    # lenient: the out-of-range box is read too but holds nothing in range; a duplicate box counts there only
+    assert r["lenient/ndcg@10"] == pytest.approx(r["ndcg@10"])
+    dup = score_completions([_task(1)], ["\\boxed{2, 2, 1}"])
+    assert dup["hr@1"] == 0.0 and dup["lenient/hr@1"] == 1.0 and dup["status"] == {"duplicate": 1}
 
 
 def test_sft_answer_is_a_valid_reasoned_answer_with_the_target_first():
@@ -43,6 +47,7 @@ def test_sft_answer_is_a_valid_reasoned_answer_with_the_target_first():
     answer = parse_answer(text, 5)
     assert answer.status == "ok" and answer.ranking[0] == 3
     assert "Title 3" in text and "Comedy" in text
+    assert text.startswith("Comedy: 2, 4. ")  # the scan: candidate numbers holding each need attribute
     kw = {k: [task[k]] for k in task}
     assert format_reward([None], [text], **kw) == [1.0] and ndcg_reward([None], [text], **kw) == [1.0]
     # runners-up: the other Comedy items first (attribute overlap), higher PAS first

@@ -23,6 +23,8 @@ class SftAnswerTemplate:
     others: str
     answer: str
     ranking_length: int = 10
+    scan: str = ""
+    scan_none: str = ""
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> SftAnswerTemplate:
@@ -47,8 +49,14 @@ def sft_answer(task: dict, template: SftAnswerTemplate | None = None) -> str:
     from llmrec.training.rerec_tasks import category_attributes
 
     # only what the request itself states (categories/genres), not brand or price the user never named
-    readable = [a for a in category_attributes(task["target_attributes"])
-                if a in set(task["candidate_attributes"][top])]
+    need = category_attributes(task["target_attributes"])
+    scan = []
+    if template.scan:
+        for attribute in need:
+            having = [str(i + 1) for i, attrs in enumerate(task["candidate_attributes"]) if attribute in attrs]
+            scan.append(template.scan.format(attribute=attribute, numbers=", ".join(having)) if having
+                        else (template.scan_none or template.scan).format(attribute=attribute, numbers=""))
+    readable = [a for a in need if a in set(task["candidate_attributes"][top])]
     if readable:
         text = template.match.format(request=", ".join(readable), number=top + 1, title=task["candidate_titles"][top],
                                      matched=", ".join(readable))
@@ -58,6 +66,7 @@ def sft_answer(task: dict, template: SftAnswerTemplate | None = None) -> str:
     others = [i + 1 for i in ranking[1:4] if need_set & set(task["candidate_attributes"][i])]
     if others:
         text += " " + template.others.format(others=", ".join(map(str, others)))
+    text = " ".join([*scan, text])
     return text + " " + template.answer.format(ranking=", ".join(str(i + 1) for i in ranking))
 
 
