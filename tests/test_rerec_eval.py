@@ -7,7 +7,7 @@ import math
 import pytest
 
 from llmrec.eval.rerec_eval import score_completions
-from llmrec.training.rerec_sft import answer_ranking, rerec_sft_examples, sft_answer
+from llmrec.training.rerec_sft import SftAnswerTemplate, answer_ranking, rerec_sft_examples, sft_answer
 
 
 def _task(target_pos: int, n: int = 5) -> dict:
@@ -47,7 +47,9 @@ def test_sft_answer_is_a_valid_reasoned_answer_with_the_target_first():
     answer = parse_answer(text, 5)
     assert answer.status == "ok" and answer.ranking[0] == 3
     assert "Title 3" in text and "Comedy" in text
-    assert text.startswith("Comedy: 2, 4. ")  # the scan: candidate numbers holding each need attribute
+    assert not text.startswith("Comedy:")  # no scan by default
+    scanning = SftAnswerTemplate(**{**vars(SftAnswerTemplate.load()), "scan": "{attribute}: {numbers}."})
+    assert sft_answer(task, scanning).startswith("Comedy: 2, 4. ")  # candidate numbers holding each need attribute
     kw = {k: [task[k]] for k in task}
     assert format_reward([None], [text], **kw) == [1.0] and ndcg_reward([None], [text], **kw) == [1.0]
     # runners-up: the other Comedy items first (attribute overlap), higher PAS first
