@@ -138,13 +138,12 @@ def evaluate_rerec(model_path, tasks: Sequence[dict], adapter: str | None = None
     """
     if reference:
         completions = reference_completions(tasks, reference)
-        result = score_completions(tasks, completions)
-        result.update(reference=reference)
+        source = {"reference": reference}
     else:
         gen = generate_vllm if engine == "vllm" else generate_hf
         completions = gen(model_path, tasks, adapter=adapter, max_new_tokens=max_new_tokens, **kw)
-        result = score_completions(tasks, completions)
-        result.update(model=str(model_path), adapter=adapter, engine=engine, max_new_tokens=max_new_tokens)
+        source = {"model": str(model_path), "adapter": adapter, "engine": engine, "max_new_tokens": max_new_tokens}
+    result = {**score_completions(tasks, completions), **source}
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

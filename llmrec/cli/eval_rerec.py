@@ -51,11 +51,11 @@ def run(args) -> int:
     from llmrec.eval.rerec_eval import evaluate_rerec
     from llmrec.training import rerec_tasks as T
 
+    if args.reference and args.adapter:
+        raise LlmrecError("--adapter belongs to a model; a --reference runs none")
     tasks = T.load_rerec_tasks("test", data=args.data, tasks_file=args.tasks_file, item_meta=args.item_meta,
                                cf_dir=args.cf_dir, n_candidates=args.n_candidates, max_history=args.max_history,
                                seed=args.task_seed, max_tasks=args.max_tasks, template=args.task_prompt)
-    if args.reference and args.adapter:
-        raise LlmrecError("--adapter belongs to a model; a --reference runs none")
     model = resolve_backbone(args.model) if args.model else None
     result = evaluate_rerec(model, tasks, adapter=args.adapter, engine=args.engine,
                             max_new_tokens=args.max_new_tokens, out=args.out, reference=args.reference)
