@@ -26,6 +26,19 @@ def score_completions(tasks: Sequence[dict], completions: Sequence[str], metrics
     badly. Only the strict ones count an answer the way the format reward does.
     """
     from llmrec.eval.ranking import evaluate_topk
+
+    topk, lenient, pos, statuses = _ranked_rows(tasks, completions)
+    result = {k: float(v) for k, v in evaluate_topk(topk, pos, metrics).metrics.items()}
+    result.update({f"lenient/{k}": float(v) for k, v in evaluate_topk(lenient, pos, metrics).metrics.items()})
+    result["format_valid"] = statuses["ok"] / len(tasks)
+    result["status"] = dict(statuses)
+    result["tasks"] = len(tasks)
+    return result
+
+
+def _ranked_rows(tasks: Sequence[dict], completions: Sequence[str]):
+    """Each answer's parsed ranking as a row of candidate indices (strict and lenient), the target's index and
+    the parse statuses: what ``evaluate_topk`` scores."""
     from llmrec.rewards.rerec import parse_answer
 
     if len(tasks) != len(completions):
@@ -43,12 +56,7 @@ def score_completions(tasks: Sequence[dict], completions: Sequence[str], metrics
         read = list(answer.ranking)[:width] if answer.status in ("ok", "duplicate", "out-of-range") else []
         lenient[r, : len(read)] = read
         pos[r] = task["candidates"].index(task["targets"][0])
-    result = {k: float(v) for k, v in evaluate_topk(topk, pos, metrics).metrics.items()}
-    result.update({f"lenient/{k}": float(v) for k, v in evaluate_topk(lenient, pos, metrics).metrics.items()})
-    result["format_valid"] = statuses["ok"] / len(tasks)
-    result["status"] = dict(statuses)
-    result["tasks"] = len(tasks)
-    return result
+    return topk, lenient, pos, statuses
 
 
 REFERENCES = ("random", "overlap")
@@ -147,9 +155,70 @@ def evaluate_rerec(model_path, tasks: Sequence[dict], adapter: str | None = None
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "predictions.jsonl", "w") as f:
-            f.writelines(json.dumps({"task_id": task["task_id"], "targets": task["targets"],
-                                     "candidates": task["candidates"], "completion": text}) + "\n"
-                         for task, text in zip(tasks, completions))
+        write_predictions(tasks, completions, out)
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def write_predictions(tasks: Sequence[dict], completions: Sequence[str], out: str | Path) -> Path:
+    """``predictions.jsonl`` in ``out``: per task its id, targets, candidates and the answer text, all that
+    scoring and ``compare_runs`` read back."""
+    path = Path(out) / "predictions.jsonl"
+    with open(path, "w") as f:
+        f.writelines(json.dumps({"task_id": task["task_id"], "targets": task["targets"],
+                                 "candidates": task["candidates"], "completion": text}) + "\n"
+                     for task, text in zip(tasks, completions))
+    return path
+
+
+def read_predictions(run: str | Path) -> list[dict]:
+    """The ``predictions.jsonl`` that ``llmrec eval rerec --out RUN`` wrote."""
+    from llmrec.errors import LlmrecError
+
+    path = Path(run) / "predictions.jsonl"
+    if not path.is_file():
+        raise LlmrecError(f"{path} not found: pass a folder written by `llmrec eval rerec --out`")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def per_task_scores(predictions: Sequence[dict], metric: str = "ndcg@10", lenient: bool = False) -> dict[str, float]:
+    """One metric per task, keyed by task id, scored exactly as ``score_completions`` scores the mean."""
+    from llmrec.eval.ranking import evaluate_topk
+
+    topk, lenient_rows, pos, _ = _ranked_rows(predictions, [p["completion"] for p in predictions])
+    values = evaluate_topk(lenient_rows if lenient else topk, pos, metric).per_query[metric]
+    return {p["task_id"]: float(v) for p, v in zip(predictions, values)}
+
+
+def compare_runs(a: Sequence[str | Path], b: Sequence[str | Path], metric: str = "ndcg@10",
+                 lenient: bool = False, seed: int = 0) -> dict:
+    """Paired comparison of policy A with policy B on the same held-out tasks.
+
+    Each side is one or more evaluation folders, e.g. one per training seed. A task's score on a side is its
+    mean over that side's runs, so the bootstrap interval and the Wilcoxon test are over tasks for the
+    seed-averaged policies; ``per_run`` and ``std`` give the spread over seeds, which the test does not see.
+    """
+    from llmrec.errors import LlmrecError
+    from llmrec.eval.llm_ranking import paired_comparison
+
+    sides = {}
+    for name, runs in (("a", a), ("b", b)):
+        if not runs:
+            raise LlmrecError(f"side {name.upper()} has no evaluation folder")
+        sides[name] = [(str(r), per_task_scores(read_predictions(r), metric, lenient)) for r in runs]
+    ids = sorted(sides["a"][0][1])
+    for run, scores in sides["a"] + sides["b"]:
+        if sorted(scores) != ids:
+            missing, extra = len(set(ids) - set(scores)), len(set(scores) - set(ids))
+            raise LlmrecError(f"{run} was evaluated on other tasks than {sides['a'][0][0]} ({missing} missing, "
+                              f"{extra} extra): compare runs of `llmrec eval rerec` with the same data, "
+                              "--task_seed and --max_tasks")
+    mean_per_task = {name: np.mean([[s[i] for i in ids] for _, s in runs], axis=0) for name, runs in sides.items()}
+    out = {"metric": ("lenient/" if lenient else "") + metric, "tasks": len(ids)}
+    for name, runs in sides.items():
+        per_run = [float(np.mean(list(s.values()))) for _, s in runs]
+        out[name] = {"runs": [r for r, _ in runs], "per_run": per_run, "mean": float(np.mean(per_run)),
+                     "std": float(np.std(per_run, ddof=1)) if len(per_run) > 1 else 0.0}
+    out["paired"] = paired_comparison(mean_per_task["a"], mean_per_task["b"], seed=seed)
+    return out

@@ -105,3 +105,49 @@ def test_rerec_eval_cli_reference_needs_no_model(shared_data, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "rerec", "--reference", "random", "--adapter", str(tmp_path), "--data", data]) == 2
     assert "--adapter belongs to a model" in capsys.readouterr().err
+
+
+def _write_run(folder, tasks, completions):
+    from llmrec.eval.rerec_eval import write_predictions
+
+    folder.mkdir(parents=True)
+    write_predictions(tasks, completions, folder)
+    return folder
+
+
+def test_rerec_compare_averages_seeds_per_task_and_pairs_tasks(tmp_path, capsys):
+    import json
+
+    from llmrec.cli.main import main
+    from llmrec.eval.rerec_eval import compare_runs
+
+    tasks = [_task(0), _task(1), _task(2)]
+    a1 = _write_run(tmp_path / "a1", tasks, ["\\boxed{1}", "\\boxed{2}", "\\boxed{1, 2, 3}"])  # NDCG 1, 1, 1/2
+    a2 = _write_run(tmp_path / "a2", tasks, ["\\boxed{1}", "no box", "\\boxed{3}"])  # 1, 0, 1
+    b = _write_run(tmp_path / "b", tasks, ["\\boxed{2, 1}", "\\boxed{2}", "\\boxed{5}"])  # 1/log2(3), 1, 0
+    r = compare_runs([a1, a2], [b])
+    assert r["tasks"] == 3 and r["metric"] == "ndcg@10"
+    assert r["a"]["per_run"] == pytest.approx([2.5 / 3, 2 / 3])
+    assert r["a"]["std"] == pytest.approx((2.5 / 3 - 2 / 3) / math.sqrt(2))
+    # per task, A is the mean of its two runs: 1, 0.5, 0.75
+    diffs = [1 - 1 / math.log2(3), 0.5 - 1, 0.75 - 0]
+    assert r["paired"]["mean_diff"] == pytest.approx(sum(diffs) / 3)
+    assert (r["paired"]["wins"], r["paired"]["losses"], r["paired"]["ties"]) == (2, 1, 0)
+    # signed ranks of |d| = 0.37, 0.5, 0.75: W- = 2; P(W <= 2) = 3/8 of the 8 sign patterns, two-sided 0.75
+    assert r["paired"]["wilcoxon_p"] == pytest.approx(0.75)
+    # hr@1: A's tasks 1, 0.5, 0.5 against B's 0, 1, 0
+    assert compare_runs([a1, a2], [b], metric="hr@1")["paired"]["mean_diff"] == pytest.approx((1 - 0.5 + 0.5) / 3)
+    # a box with a repeated number counts in the lenient figures only
+    dup = _write_run(tmp_path / "dup", tasks, ["\\boxed{1, 1}", "\\boxed{2}", "\\boxed{3}"])
+    assert compare_runs([dup], [b], lenient=True)["a"]["mean"] == pytest.approx(1.0)
+    assert compare_runs([dup], [b])["a"]["mean"] == pytest.approx(2 / 3)
+
+    out = tmp_path / "cmp.json"
+    assert main(["eval", "rerec-compare", "--a", str(a1), str(a2), "--b", str(b), "--out", str(out)]) == 0
+    assert "A - B +0.206" in capsys.readouterr().out
+    assert json.loads(out.read_text())["paired"]["wins"] == 2
+    other = _write_run(tmp_path / "other", [_task(0), _task(3)], ["\\boxed{1}", "\\boxed{4}"])
+    assert main(["eval", "rerec-compare", "--a", str(a1), "--b", str(other)]) == 2
+    assert "evaluated on other tasks" in capsys.readouterr().err
+    assert main(["eval", "rerec-compare", "--a", str(tmp_path / "nothing"), "--b", str(b)]) == 2
+    assert "predictions.jsonl not found" in capsys.readouterr().err

@@ -6,7 +6,8 @@ import importlib
 
 from llmrec.cli.common import add_command
 
-_MODULES = ["llmrec.cli.eval_lamp", "llmrec.cli.eval_ranking", "llmrec.cli.eval_rerec", "llmrec.cli.eval_bump"]
+_MODULES = ["llmrec.cli.eval_lamp", "llmrec.cli.eval_ranking", "llmrec.cli.eval_rerec", "llmrec.cli.eval_rerec_compare",
+            "llmrec.cli.eval_bump"]
 
 
 def register(sub) -> None:
