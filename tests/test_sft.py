@@ -77,3 +77,28 @@ def test_data_arguments_validate():
         SFTDataArguments()
     with pytest.raises(LlmrecError, match="k must be"):
         SFTDataArguments(train_file="x", k=-1)
+
+
+def test_check_lengths_counts_the_examples_trl_drops(tiny_backbone, tmp_path):
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    from llmrec.errors import LlmrecError
+    from llmrec.training.sft import check_lengths
+
+    tok = AutoTokenizer.from_pretrained(tiny_backbone)
+    short = to_chat_example("a short review of a guitar strap", "5")
+    long_prompt = to_chat_example("great sound and a sturdy case " * 60, "5")
+    long_answer = to_chat_example("a short review of a guitar strap", "it fits well " * 80)
+    examples = [short, long_prompt, long_answer]
+    with pytest.warns(UserWarning, match="1 of 3 examples lose their whole answer"):
+        report = check_lengths(examples, tok, 160)
+    assert report["dropped"] == 1 and report["cut"] == 1 and report["longest"] > 160
+    # what TRL itself keeps with the same limit: all but the example whose prompt fills max_length
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_backbone), processing_class=tok,
+                         args=_config(tmp_path, "len", max_length=160), train_dataset=datasets.Dataset.from_list(examples))
+    assert len(trainer.train_dataset) == len(examples) - report["dropped"]
+    assert check_lengths(examples, tok, report["longest"]) == {"dropped": 0, "cut": 0, "longest": report["longest"]}
+    with pytest.raises(LlmrecError, match="TRL would train on none: set max_length to at least"):
+        check_lengths([long_prompt, long_prompt], tok, 160)

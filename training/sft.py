@@ -106,6 +106,7 @@ def train_sft(model_path: str | Path, examples: list[dict], sft_config, peft_con
         raise LlmrecError("no training examples")
     out = Path(sft_config.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    check_lengths(examples, tokenizer, sft_config.max_length)
     # Loaded here (not by name inside TRL) so nothing ever resolves a hub id.
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype="float32")
     trainer = SFTTrainer(
@@ -120,6 +121,45 @@ def train_sft(model_path: str | Path, examples: list[dict], sft_config, peft_con
     trainer.save_model(str(out))
     tokenizer.save_pretrained(out)
     return out
+
+
+def _token_count(tokenizer, messages, generation_prompt: bool) -> int:
+    if isinstance(messages, str):
+        return len(tokenizer(messages).input_ids)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def check_lengths(examples: list[dict], tokenizer, max_length: int | None) -> dict:
+    """Counts the examples ``max_length`` cuts, before TRL does so silently.
+
+    TRL truncates each tokenized example to ``max_length`` and then drops those whose answer was cut away
+    entirely: a prompt longer than the limit means a user is silently missing from training (the Amazon
+    Beauty ReRec prompts, 20 long titles, run 1,000-1,400 tokens). An answer cut in part loses its end, e.g.
+    the ``\\boxed{}`` ranking. Raises when nothing would survive; warns with the length needed otherwise.
+    """
+    import warnings
+
+    if not max_length or "prompt" not in examples[0]:
+        return {"dropped": 0, "cut": 0}
+    dropped = cut = longest = 0
+    for ex in examples:
+        completion = ex["completion"]
+        prompt_len = _token_count(tokenizer, ex["prompt"], generation_prompt=True)
+        full = (ex["prompt"] + completion if isinstance(completion, list) else None)
+        full_len = (_token_count(tokenizer, full, generation_prompt=False) if full is not None
+                    else prompt_len + _token_count(tokenizer, completion, generation_prompt=False))
+        longest = max(longest, full_len)
+        dropped += prompt_len >= max_length
+        cut += prompt_len < max_length < full_len
+    report = {"dropped": dropped, "cut": cut, "longest": longest}
+    if dropped == len(examples):
+        raise LlmrecError(f"every one of the {len(examples)} examples has a prompt of max_length={max_length} "
+                          f"tokens or more, so TRL would train on none: set max_length to at least {longest}")
+    if dropped or cut:
+        warnings.warn(f"max_length={max_length}: {dropped} of {len(examples)} examples lose their whole answer "
+                      f"(TRL drops them) and {cut} lose its end; the longest needs {longest} tokens", stacklevel=2)
+    return report
 
 
 def _last_checkpoint(out: Path) -> str | None:
