@@ -1,0 +1,100 @@
+"""One table, paired tests and a chart for a ReRec comparison: policies evaluated by ``llmrec eval rerec``,
+each once per training seed (non-LLM references and a shared warm start once).
+
+``scripts/rerec_experiment.py`` trains and evaluates the policies and calls ``write_report``; it also
+works on any evaluation folders, e.g. ones made by hand with the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ("hr@1", "hr@5", "ndcg@10", "mrr", "format_valid", "lenient/ndcg@10")
+
+
+def scores(run: str | Path) -> dict:
+    """The run's metrics, re-scored from its predictions with the current scorer (so folders written by older
+    versions, or by hand, are comparable)."""
+    from llmrec.eval.rerec_eval import read_predictions, score_completions
+
+    predictions = read_predictions(run)
+    return score_completions(predictions, [p["completion"] for p in predictions])
+
+
+def summarize(policies: Mapping[str, Sequence[str | Path]]) -> dict:
+    """Per policy and column: the value of each run, their mean and their standard deviation (ddof 1)."""
+    out = {}
+    for name, runs in policies.items():
+        per_run = [scores(r) for r in runs]
+        values = {c: [float(m[c]) for m in per_run] for c in COLUMNS}
+        out[name] = {"runs": [str(r) for r in runs],
+                     **{c: {"per_run": v, "mean": float(np.mean(v)),
+                            "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0} for c, v in values.items()}}
+    return out
+
+
+def markdown_table(summary: Mapping[str, dict]) -> str:
+    lines = ["| policy | runs | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for name, s in summary.items():
+        cells = [f"{s[c]['mean']:.3f}" + (f" ± {s[c]['std']:.3f}" if len(s["runs"]) > 1 else "") for c in COLUMNS]
+        lines.append(f"| {name} | {len(s['runs'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_summary(summary: Mapping[str, dict], png: str | Path,
+                 columns: Sequence[str] = ("hr@1", "ndcg@10", "format_valid")) -> Path:
+    """Bars: the mean over runs; dots: each run (one per seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    fig, axes = plt.subplots(1, len(columns), figsize=(len(columns) * (0.75 * len(names) + 1.2), 3.4), squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        x = np.arange(len(names))
+        ax.bar(x, [summary[n][col]["mean"] for n in names], color="#9ab7d3", edgecolor="#35618f")
+        for i, n in enumerate(names):
+            runs = summary[n][col]["per_run"]
+            ax.scatter(np.full(len(runs), i) + np.linspace(-0.15, 0.15, len(runs)), runs, s=14, color="#1b3a5c",
+                       zorder=3)
+        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(col)
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return Path(png)
+
+
+def write_report(policies: Mapping[str, Sequence[str | Path]], comparisons: Sequence[tuple[str, str]], out: str | Path,
+                 metrics: Sequence[str] = ("ndcg@10", "hr@1"), title: str = "ReRec comparison") -> dict:
+    """``report.md``, ``report.json`` and ``report.png`` in ``out``: the summary table over seeds and, for
+    each ``(A, B)`` in ``comparisons``, the paired test per metric (``compare_runs``, seeds averaged per task)."""
+    from llmrec.eval.rerec_eval import compare_runs
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(policies)
+    paired = []
+    for a, b in comparisons:
+        for m in metrics:
+            r = compare_runs(policies[a], policies[b], metric=m)
+            paired.append({"a": a, "b": b, "metric": m, "tasks": r["tasks"], **r["paired"]})
+    lines = [f"# {title}", "", "Mean ± standard deviation over training seeds (one run where there is no seed).", "",
+             markdown_table(summary), "", "Paired over the same held-out tasks (a task's score: its mean over seeds):", "",
+             "| A | B | metric | A - B | 95% CI | Wilcoxon p | wins / losses / ties |", "|---|---|---|---|---|---|---|"]
+    for p in paired:
+        lo, hi = p["ci95"]
+        lines.append(f"| {p['a']} | {p['b']} | {p['metric']} | {p['mean_diff']:+.3f} | {lo:+.3f}..{hi:+.3f} | "
+                     f"{p['wilcoxon_p']:.3g} | {p['wins']} / {p['losses']} / {p['ties']} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    result = {"summary": summary, "paired": paired}
+    (out / "report.json").write_text(json.dumps(result, indent=2))
+    plot_summary(summary, out / "report.png")
+    return result

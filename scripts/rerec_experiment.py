@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""The ReRec comparison of the training issue, end to end and resumable: SFT warm start, then GRPO with the
+full ReRec reward and with the NDCG reward only (plain GRPO), once per seed, every policy evaluated on the same
+held-out users next to the non-LLM references, then a table over seeds, paired tests and a chart.
+
+    python scripts/rerec_experiment.py --sft_config configs/sft_rerec_ml100k.yaml \\
+        --grpo_config configs/grpo-rerec_ml100k.yaml --out runs/rerec_ml100k --seeds 0 1 2 \\
+        --sft_steps 40 --grpo_steps 12 --grpo_tasks 16 --grpo_task_seed 1 --learning_rate 1e-4 --eval_tasks 48
+
+Each stage is one `llmrec` command whose log goes to OUT/logs/. A stage whose output is already there is skipped,
+so a run killed in the middle (or a session that ended) goes on where it stopped, and seeds can be added later.
+Layout: OUT/sft, OUT/grpo_{full,ndcg}_s{seed}, OUT/eval/{random,overlap,sft,grpo_..._s{seed}}, OUT/report.*.
+The evaluation reads data, item_meta, cf_dir and task_prompt from the GRPO config, so all stages see one task set.
+On a shared machine pass --lock FILE: each stage waits for that file's lock (the same as `flock FILE cmd`).
+
+This is a script, not a `make bench` benchmark: the measured protocol above takes about 2 h per seed on 2 CPU
+cores (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import shlex
+import subprocess
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import yaml
+
+ARMS = {"full": [], "ndcg": ["--reward", "ndcg", "--reasoning_aware", "false", "--curriculum", "false"]}
+EVAL_KEYS = ("data", "item_meta", "cf_dir", "task_prompt", "n_candidates", "max_history")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--sft_config", required=True)
+    p.add_argument("--grpo_config", required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="GRPO seeds (default: %(default)s)")
+    p.add_argument("--sft_steps", type=int, default=None, help="default: the SFT config's max_steps")
+    p.add_argument("--grpo_steps", type=int, default=None, help="default: the GRPO config's max_steps")
+    p.add_argument("--grpo_tasks", type=int, default=None, help="training tasks for GRPO (max_train_tasks)")
+    p.add_argument("--grpo_task_seed", type=int, default=None, help="task_seed of GRPO's training tasks")
+    p.add_argument("--learning_rate", type=float, default=None, help="GRPO learning rate")
+    p.add_argument("--eval_tasks", type=int, default=48, help="held-out users evaluated (default: %(default)s)")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--backbone", default=None, help="override the configs' backbone (name or folder)")
+    p.add_argument("--lock", default=None, help="run each stage under this lock file (shared machines)")
+    p.add_argument("--dry_run", action="store_true", help="print the stages and whether each would run")
+    return p.parse_args(argv)
+
+
+def llmrec(*args) -> list[str]:
+    return [sys.executable, "-m", "llmrec.cli.main", *map(str, args)]
+
+
+def plan(args) -> list[dict]:
+    """The stages in order: name, command, and the file whose presence means the stage is done."""
+    cfg = yaml.safe_load(Path(args.grpo_config).read_text())
+    backbone = args.backbone or cfg.get("backbone", "smollm2-135m-instruct")
+    model = ["--backbone", backbone] if args.backbone else []
+    task_args = [x for k in EVAL_KEYS if cfg.get(k) is not None for x in (f"--{k}", cfg[k])]
+    evaluate = ["eval", "rerec", *task_args, "--max_tasks", args.eval_tasks, "--engine", args.engine]
+    out, stages = args.out, []
+
+    def add(name, cmd, done):
+        stages.append({"name": name, "cmd": llmrec(*cmd), "done": done})
+
+    for ref in ("random", "overlap"):
+        add(f"eval_{ref}", [*evaluate, "--reference", ref, "--out", out / "eval" / ref], out / "eval" / ref / "metrics.json")
+    sft = out / "sft"
+    steps = ["--max_steps", args.sft_steps, "--save_steps", max(1, args.sft_steps // 2)] if args.sft_steps else []
+    add("sft", ["train", "sft", "--config", args.sft_config, *model, *steps, "--output_dir", sft],
+        sft / "adapter_model.safetensors")
+    add("eval_sft", [*evaluate, "--model", backbone, "--adapter", sft, "--out", out / "eval" / "sft"],
+        out / "eval" / "sft" / "metrics.json")
+    grpo = []
+    for flag, value in (("--max_steps", args.grpo_steps), ("--max_train_tasks", args.grpo_tasks),
+                        ("--task_seed", args.grpo_task_seed), ("--learning_rate", args.learning_rate)):
+        if value is not None:
+            grpo += [flag, value]
+    if args.grpo_steps:
+        grpo += ["--save_steps", max(1, args.grpo_steps // 2)]
+    for seed in args.seeds:
+        for arm, extra in ARMS.items():
+            run = out / f"grpo_{arm}_s{seed}"
+            add(run.name, ["train", "grpo-rerec", "--config", args.grpo_config, *model, "--init_adapter", sft, *grpo,
+                           *extra, "--seed", seed, "--output_dir", run], run / "adapter_model.safetensors")
+            add(f"eval_{run.name}", [*evaluate, "--model", backbone, "--adapter", run, "--out", out / "eval" / run.name],
+                out / "eval" / run.name / "metrics.json")
+    return stages
+
+
+@contextmanager
+def locked(path):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_stage(stage: dict, out: Path, lock: str | None) -> float | None:
+    """Runs the stage; None when another process finished it while this one waited for the lock."""
+    log = out / "logs" / f"{stage['name']}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with locked(lock) if lock else nullcontext():
+        if Path(stage["done"]).exists():
+            return None
+        start = time.time()
+        with open(log, "w") as f:
+            rc = subprocess.run(stage["cmd"], stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+        seconds = time.time() - start
+    if rc != 0 or not Path(stage["done"]).exists():
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+        sys.exit(f"stage {stage['name']} failed (exit {rc}; log {log}):\n{tail}")
+    with open(out / "stages.jsonl", "a") as f:
+        f.write(json.dumps({"stage": stage["name"], "seconds": round(seconds, 1), "cmd": shlex.join(stage["cmd"][1:])})
+                + "\n")
+    return seconds
+
+
+def report(args) -> Path:
+    from llmrec.eval.rerec_report import write_report
+
+    ev = args.out / "eval"
+    policies = {"random": [ev / "random"], "genre/category overlap": [ev / "overlap"], "SFT warm start": [ev / "sft"],
+                "GRPO, NDCG reward": [ev / f"grpo_ndcg_s{s}" for s in args.seeds],
+                "GRPO, full ReRec": [ev / f"grpo_full_s{s}" for s in args.seeds]}
+    comparisons = [("GRPO, full ReRec", "GRPO, NDCG reward"), ("GRPO, full ReRec", "SFT warm start")]
+    write_report(policies, comparisons, args.out, title=f"ReRec: {Path(args.grpo_config).stem}, seeds {args.seeds}")
+    return args.out / "report.md"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    stages = plan(args)
+    for i, stage in enumerate(stages, 1):
+        done = Path(stage["done"]).exists()
+        print(f"[{i}/{len(stages)}] {stage['name']}: {'done' if done else 'to run'}", flush=True)
+        if args.dry_run:
+            print("    " + shlex.join(stage["cmd"][1:]))
+        elif not done:
+            print(f"    {time.strftime('%H:%M:%S')} running (log {args.out / 'logs' / stage['name']}.log)", flush=True)
+            seconds = run_stage(stage, args.out, args.lock)
+            print("    done meanwhile by another process" if seconds is None else f"    took {seconds:.0f} s", flush=True)
+    if not args.dry_run:
+        print((report(args)).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""ReRec comparison report (table over seeds, paired tests, chart) and the experiment script's stage plan."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from llmrec.eval.rerec_eval import write_predictions
+from llmrec.eval.rerec_report import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tasks(n=4, width=5):
+    return [{"task_id": f"u{i}", "targets": [f"i{i % width}"], "candidates": [f"i{j}" for j in range(width)]}
+            for i in range(n)]
+
+
+def _run(folder, completions):
+    folder.mkdir(parents=True)
+    write_predictions(_tasks(), completions, folder)
+    return folder
+
+
+def test_report_table_over_seeds_and_paired_tests(tmp_path):
+    # targets are candidates 1, 2, 3, 4 of tasks u0..u3
+    s0 = _run(tmp_path / "full_s0", ["\\boxed{1}", "\\boxed{2}", "\\boxed{1, 3}", "no box"])  # HR@1 2/4
+    s1 = _run(tmp_path / "full_s1", ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}", "\\boxed{4}"])  # HR@1 4/4
+    base = _run(tmp_path / "base", ["\\boxed{2}", "\\boxed{1, 2}", "\\boxed{3}", "\\boxed{5}"])  # HR@1 1/4
+    r = write_report({"base": [base], "full": [s0, s1]}, [("full", "base")], tmp_path / "report")
+    full = r["summary"]["full"]
+    assert full["hr@1"]["per_run"] == [0.5, 1.0]
+    assert full["hr@1"]["mean"] == pytest.approx(0.75) and full["hr@1"]["std"] == pytest.approx(0.5 / math.sqrt(2))
+    assert full["format_valid"]["per_run"] == [0.75, 1.0]
+    assert r["summary"]["base"]["ndcg@10"]["mean"] == pytest.approx((0 + 1 / math.log2(3) + 1 + 0) / 4)
+    ndcg = next(p for p in r["paired"] if p["metric"] == "ndcg@10")
+    # per task, full (mean of its seeds) minus base: 1 - 0, 1 - 1/log2(3), (1/log2(3) + 1)/2 - 1, 1/2 - 0
+    diffs = [1, 1 - 1 / math.log2(3), (1 / math.log2(3) + 1) / 2 - 1, 0.5]
+    assert ndcg["mean_diff"] == pytest.approx(sum(diffs) / 4)
+    assert (ndcg["wins"], ndcg["losses"], ndcg["ties"]) == (3, 1, 0)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| full | 2 | 0.750 ± 0.354 |" in md and "| full | base | hr@1 | +0.500 |" in md
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["summary"]["base"]["runs"] == [str(base)]
+    assert (tmp_path / "report" / "report.png").stat().st_size > 10_000
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("rerec_experiment", ROOT / "scripts" / "rerec_experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_experiment_plan_skips_finished_stages_and_passes_the_protocol(tmp_path, capsys):
+    script = _script()
+    out = tmp_path / "exp"
+    argv = ["--sft_config", str(ROOT / "configs/sft_rerec_ml100k.yaml"),
+            "--grpo_config", str(ROOT / "configs/grpo-rerec_ml100k.yaml"), "--out", str(out), "--seeds", "0", "3",
+            "--sft_steps", "40", "--grpo_steps", "12", "--grpo_tasks", "16", "--learning_rate", "1e-4"]
+    stages = {s["name"]: s for s in script.plan(script.parse_args(argv))}
+    assert list(stages) == ["eval_random", "eval_overlap", "sft", "eval_sft", "grpo_full_s0", "eval_grpo_full_s0",
+                            "grpo_ndcg_s0", "eval_grpo_ndcg_s0", "grpo_full_s3", "eval_grpo_full_s3", "grpo_ndcg_s3",
+                            "eval_grpo_ndcg_s3"]
+    sft = stages["sft"]["cmd"]
+    assert sft[sft.index("--max_steps") + 1] == "40" and sft[sft.index("--output_dir") + 1] == str(out / "sft")
+    ndcg = stages["grpo_ndcg_s3"]["cmd"]
+    for flag, value in (("--seed", "3"), ("--reward", "ndcg"), ("--reasoning_aware", "false"),
+                        ("--curriculum", "false"), ("--init_adapter", str(out / "sft")), ("--max_train_tasks", "16"),
+                        ("--learning_rate", "0.0001")):
+        assert ndcg[ndcg.index(flag) + 1] == value
+    assert "--reward" not in stages["grpo_full_s3"]["cmd"]
+    # every evaluation sees the tasks GRPO trained on the same data, prompt and CF run
+    for name in ("eval_random", "eval_sft", "eval_grpo_ndcg_s3"):
+        cmd = stages[name]["cmd"]
+        assert cmd[cmd.index("--task_prompt") + 1] == "rerec/task_attributes.yaml"
+        assert cmd[cmd.index("--data") + 1] == "../shared/data/movielens/recbole_ml-100k"
+    # a finished stage is skipped (its output exists); a dry run runs nothing
+    Path(stages["sft"]["done"]).parent.mkdir(parents=True)
+    Path(stages["sft"]["done"]).write_text("")
+    assert script.main([*argv, "--dry_run"]) == 0
+    printed = capsys.readouterr().out
+    assert "[3/12] sft: done" in printed and "[4/12] eval_sft: to run" in printed
+    assert not (out / "logs").exists()
+
+
+def test_experiment_stage_runs_under_the_lock_and_reports_failures(tmp_path):
+    import sys
+
+    script = _script()
+    done = tmp_path / "stage_out" / "metrics.json"
+    make = f"import pathlib; p = pathlib.Path({str(done)!r}); p.parent.mkdir(); p.write_text('{{}}')"
+    stage = {"name": "ok", "cmd": [sys.executable, "-c", make], "done": done}
+    assert script.run_stage(stage, tmp_path, str(tmp_path / "heavy.lock")) >= 0
+    assert json.loads((tmp_path / "stages.jsonl").read_text())["stage"] == "ok"
+    assert script.run_stage(stage, tmp_path, str(tmp_path / "heavy.lock")) is None  # done meanwhile: not rerun
+    bad = {"name": "bad", "cmd": [sys.executable, "-c", "print('no adapter here'); raise SystemExit(3)"],
+           "done": tmp_path / "never"}
+    with pytest.raises(SystemExit, match=r"stage bad failed \(exit 3.*\n.*no adapter here"):
+        script.run_stage(bad, tmp_path, None)
