@@ -87,8 +87,10 @@ def write_report(policies: Mapping[str, Sequence[str | Path]], comparisons: Sequ
             r = compare_runs(policies[a], policies[b], metric=m)
             paired.append({"a": a, "b": b, "metric": m, "tasks": r["tasks"], **r["paired"]})
     lines = [f"# {title}", "", "Mean ± standard deviation over training seeds (one run where there is no seed).", "",
-             markdown_table(summary), "", "Paired over the same held-out tasks (a task's score: its mean over seeds):", "",
-             "| A | B | metric | A - B | 95% CI | Wilcoxon p | wins / losses / ties |", "|---|---|---|---|---|---|---|"]
+             markdown_table(summary), "",
+             "Paired over the same held-out tasks (a task's score: its mean over seeds):", "",
+             "| A | B | metric | A - B | 95% CI | Wilcoxon p | wins / losses / ties |",
+             "|---|---|---|---|---|---|---|"]
     for p in paired:
         lo, hi = p["ci95"]
         lines.append(f"| {p['a']} | {p['b']} | {p['metric']} | {p['mean_diff']:+.3f} | {lo:+.3f}..{hi:+.3f} | "

@@ -50,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--eval_tasks", type=int, default=48, help="held-out users evaluated (default: %(default)s)")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     p.add_argument("--backbone", default=None, help="override the configs' backbone (name or folder)")
+    p.add_argument("--task_prompt", default=None, help="override the configs' task prompt in every stage")
+    p.add_argument("--answer_prompt", default=None, help="warm-start answer file for SFT (rerec_answer_prompt)")
     p.add_argument("--lock", default=None, help="run each stage under this lock file (shared machines)")
     p.add_argument("--dry_run", action="store_true", help="print the stages and whether each would run")
     return p.parse_args(argv)
@@ -64,7 +66,12 @@ def plan(args) -> list[dict]:
     cfg = yaml.safe_load(Path(args.grpo_config).read_text())
     backbone = args.backbone or cfg.get("backbone", "smollm2-135m-instruct")
     model = ["--backbone", backbone] if args.backbone else []
+    if args.task_prompt:
+        cfg["task_prompt"] = args.task_prompt
     task_args = [x for k in EVAL_KEYS if cfg.get(k) is not None for x in (f"--{k}", cfg[k])]
+    sft_prompts = [*(["--rerec_task_prompt", args.task_prompt] if args.task_prompt else []),
+                   *(["--rerec_answer_prompt", args.answer_prompt] if args.answer_prompt else [])]
+    grpo_prompt = ["--task_prompt", args.task_prompt] if args.task_prompt else []
     evaluate = ["eval", "rerec", *task_args, "--max_tasks", args.eval_tasks, "--engine", args.engine]
     out, stages = args.out, []
 
@@ -72,10 +79,11 @@ def plan(args) -> list[dict]:
         stages.append({"name": name, "cmd": llmrec(*cmd), "done": done})
 
     for ref in ("random", "overlap"):
-        add(f"eval_{ref}", [*evaluate, "--reference", ref, "--out", out / "eval" / ref], out / "eval" / ref / "metrics.json")
+        add(f"eval_{ref}", [*evaluate, "--reference", ref, "--out", out / "eval" / ref],
+            out / "eval" / ref / "metrics.json")
     sft = out / "sft"
     steps = ["--max_steps", args.sft_steps, "--save_steps", max(1, args.sft_steps // 2)] if args.sft_steps else []
-    add("sft", ["train", "sft", "--config", args.sft_config, *model, *steps, "--output_dir", sft],
+    add("sft", ["train", "sft", "--config", args.sft_config, *model, *sft_prompts, *steps, "--output_dir", sft],
         sft / "adapter_model.safetensors")
     add("eval_sft", [*evaluate, "--model", backbone, "--adapter", sft, "--out", out / "eval" / "sft"],
         out / "eval" / "sft" / "metrics.json")
@@ -89,9 +97,11 @@ def plan(args) -> list[dict]:
     for seed in args.seeds:
         for arm, extra in ARMS.items():
             run = out / f"grpo_{arm}_s{seed}"
-            add(run.name, ["train", "grpo-rerec", "--config", args.grpo_config, *model, "--init_adapter", sft, *grpo,
-                           *extra, "--seed", seed, "--output_dir", run], run / "adapter_model.safetensors")
-            add(f"eval_{run.name}", [*evaluate, "--model", backbone, "--adapter", run, "--out", out / "eval" / run.name],
+            add(run.name, ["train", "grpo-rerec", "--config", args.grpo_config, *model, *grpo_prompt,
+                           "--init_adapter", sft, *grpo, *extra, "--seed", seed, "--output_dir", run],
+                run / "adapter_model.safetensors")
+            add(f"eval_{run.name}",
+                [*evaluate, "--model", backbone, "--adapter", run, "--out", out / "eval" / run.name],
                 out / "eval" / run.name / "metrics.json")
     return stages
 
@@ -149,7 +159,8 @@ def main(argv=None) -> int:
         elif not done:
             print(f"    {time.strftime('%H:%M:%S')} running (log {args.out / 'logs' / stage['name']}.log)", flush=True)
             seconds = run_stage(stage, args.out, args.lock)
-            print("    done meanwhile by another process" if seconds is None else f"    took {seconds:.0f} s", flush=True)
+            print("    done meanwhile by another process" if seconds is None else f"    took {seconds:.0f} s",
+                  flush=True)
     if not args.dry_run:
         print((report(args)).read_text())
     return 0

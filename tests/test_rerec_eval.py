@@ -151,3 +151,33 @@ def test_rerec_compare_averages_seeds_per_task_and_pairs_tasks(tmp_path, capsys)
     assert "evaluated on other tasks" in capsys.readouterr().err
     assert main(["eval", "rerec-compare", "--a", str(tmp_path / "nothing"), "--b", str(b)]) == 2
     assert "predictions.jsonl not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,meta", [("movielens/recbole_ml-100k", None),
+                                       ("amazon/openp5_beauty", "amazon/recbole_amazon_beauty/Amazon_Beauty.item")])
+def test_attributes_first_answer_copies_the_target_line_of_the_prompt(shared_data, name, meta):
+    """With the attributes-first prompts, the answer's "need: [n]" is written, word for word, before the target's
+    number in the candidate list, and before no candidate with other attributes: finding it is a copy."""
+    import re
+
+    from llmrec.data import load_recdata
+    from llmrec.training.rerec_tasks import build_rerec_tasks
+
+    kw = {"item_meta": str(shared_data / meta)} if meta else {}
+    tasks = build_rerec_tasks(load_recdata(shared_data / name, **kw), split="train", max_users=40,
+                              template="rerec/task_attributes_first.yaml")
+    template = SftAnswerTemplate.load("rerec/sft_answer_attributes_first.yaml")
+    matched = 0
+    for task in tasks:
+        prompt, answer = task["prompt"][-1]["content"], sft_answer(task, template)
+        target = task["candidates"].index(task["targets"][0]) + 1
+        m = re.match(r"The user asks for (.+?): \[(\d+)\]", answer)
+        if m is None:  # the target has no genre/category the need names
+            continue
+        matched += 1
+        assert int(m.group(2)) == target
+        lines = [line for line in prompt.splitlines() if line.startswith(f"{m.group(1)}: [")]
+        assert f"{m.group(1)}: [{target}] {task['candidate_titles'][target - 1]}" in lines
+        # the need in the request uses the same words
+        assert m.group(1) in prompt.split("Candidates")[0]
+    assert matched >= 0.9 * len(tasks)

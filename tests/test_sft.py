@@ -97,7 +97,8 @@ def test_check_lengths_counts_the_examples_trl_drops(tiny_backbone, tmp_path):
     assert report["dropped"] == 1 and report["cut"] == 1 and report["longest"] > 160
     # what TRL itself keeps with the same limit: all but the example whose prompt fills max_length
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_backbone), processing_class=tok,
-                         args=_config(tmp_path, "len", max_length=160), train_dataset=datasets.Dataset.from_list(examples))
+                         args=_config(tmp_path, "len", max_length=160),
+                         train_dataset=datasets.Dataset.from_list(examples))
     assert len(trainer.train_dataset) == len(examples) - report["dropped"]
     assert check_lengths(examples, tok, report["longest"]) == {"dropped": 0, "cut": 0, "longest": report["longest"]}
     with pytest.raises(LlmrecError, match="TRL would train on none: set max_length to at least"):

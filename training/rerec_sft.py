@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from llmrec.paths import prompts_dir
+from llmrec.paths import load_prompt_template
 
 
 @dataclass
@@ -28,8 +26,8 @@ class SftAnswerTemplate:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> SftAnswerTemplate:
-        raw = yaml.safe_load(Path(path or prompts_dir() / "rerec" / "sft_answer.yaml").read_text())
-        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+        """``path``: a file, or one relative to ``prompts/`` (default ``rerec/sft_answer.yaml``)."""
+        return load_prompt_template(cls, path, "rerec/sft_answer.yaml")
 
 
 def answer_ranking(task: dict) -> list[int]:

@@ -31,6 +31,9 @@ class SFTDataArguments:
         "help": "CF run for the ReRec tasks' PAS column (orders the runners-up in the warm-start answers)"})
     rerec_task_prompt: str | None = field(default=None, metadata={
         "help": "ReRec task prompt file (default prompts/rerec/task.yaml); use the GRPO run's and the evaluation's"})
+    rerec_answer_prompt: str | None = field(default=None, metadata={
+        "help": "ReRec warm-start answer file (default prompts/rerec/sft_answer.yaml), e.g. "
+                "rerec/sft_answer_attributes_first.yaml with the task prompt rerec/task_attributes_first.yaml"})
     retriever: str = field(default="bm25", metadata={"help": "profile retriever for LaMP prompts: bm25, dense, none"})
     k: int = field(default=2, metadata={"help": "profile items put in each LaMP prompt"})
     max_train_examples: int | None = field(default=None, metadata={"help": "cap on training examples"})

@@ -45,7 +45,7 @@ def main(argv: list[str], prog: str = "llmrec train sft") -> int:
 
 def rerec_warm_start(data_args) -> list[dict]:
     from llmrec.data import load_recdata
-    from llmrec.training.rerec_sft import rerec_sft_examples
+    from llmrec.training.rerec_sft import SftAnswerTemplate, rerec_sft_examples
     from llmrec.training.rerec_tasks import build_rerec_tasks
 
     cf = None
@@ -56,4 +56,4 @@ def rerec_warm_start(data_args) -> list[dict]:
     meta = {"item_meta": data_args.rerec_item_meta} if data_args.rerec_item_meta else {}
     tasks = build_rerec_tasks(load_recdata(data_args.rerec_data, **meta), split="train", cf=cf,
                               max_users=data_args.max_train_examples, template=data_args.rerec_task_prompt)
-    return rerec_sft_examples(tasks)
+    return rerec_sft_examples(tasks, SftAnswerTemplate.load(data_args.rerec_answer_prompt))
