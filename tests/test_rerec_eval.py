@@ -189,12 +189,12 @@ def test_sft_recipe_warm_start_reads_the_task_and_answer_files_of_the_config(sha
 
     argv = ["--config", str(configs_dir() / "sft_rerec_ml100k.yaml"), "--rerec_cf_dir", "",
             "--rerec_data", str(shared_data / "movielens" / "recbole_ml-100k"), "--max_train_examples", "3"]
-    default = rerec_warm_start(parse(argv, prog="llmrec train sft")[0])
-    first = rerec_warm_start(parse([*argv, "--rerec_task_prompt", "rerec/task_attributes_first.yaml",
-                                    "--rerec_answer_prompt", "rerec/sft_answer_attributes_first.yaml"],
-                                   prog="llmrec train sft")[0])
-    assert len(default) == len(first) == 3
-    assert "Candidates (genres/categories in parentheses)" in default[0]["prompt"][-1]["content"]
+    first = rerec_warm_start(parse(argv, prog="llmrec train sft")[0])  # the config's attributes-first files
+    parenthesised = rerec_warm_start(parse([*argv, "--rerec_task_prompt", "rerec/task_attributes.yaml",
+                                            "--rerec_answer_prompt", "rerec/sft_answer.yaml"],
+                                           prog="llmrec train sft")[0])
+    assert len(parenthesised) == len(first) == 3
+    assert "Candidates (genres/categories in parentheses)" in parenthesised[0]["prompt"][-1]["content"]
     assert "Candidates (genres/categories first)" in first[0]["prompt"][-1]["content"]
-    assert " has " in default[0]["completion"][0]["content"]
+    assert " has " in parenthesised[0]["completion"][0]["content"]
     assert ": [" in first[0]["completion"][0]["content"].split(".")[0]

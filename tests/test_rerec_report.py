@@ -76,16 +76,17 @@ def test_experiment_plan_skips_finished_stages_and_passes_the_protocol(tmp_path,
     assert "--task_prompt" not in stages["grpo_full_s3"]["cmd"]  # the config's own
     # a prompt override reaches every stage: SFT's task and answer files, GRPO's and the evaluations' task file
     other = {s["name"]: s["cmd"] for s in script.plan(script.parse_args(
-        [*argv, "--task_prompt", "rerec/task_attributes_first.yaml",
-         "--answer_prompt", "rerec/sft_answer_attributes_first.yaml"]))}
-    for name, flag in (("sft", "--rerec_task_prompt"), ("sft", "--rerec_answer_prompt"),
-                       ("grpo_ndcg_s0", "--task_prompt"), ("eval_overlap", "--task_prompt"), ("eval_sft", "--task_prompt")):
-        assert other[name][other[name].index(flag) + 1].endswith("_attributes_first.yaml"), (name, flag)
+        [*argv, "--task_prompt", "rerec/task_attributes.yaml", "--answer_prompt", "rerec/sft_answer.yaml"]))}
+    task, answer = "rerec/task_attributes.yaml", "rerec/sft_answer.yaml"
+    for name, flag, value in (("sft", "--rerec_task_prompt", task), ("sft", "--rerec_answer_prompt", answer),
+                              ("grpo_ndcg_s0", "--task_prompt", task), ("eval_overlap", "--task_prompt", task),
+                              ("eval_sft", "--task_prompt", task)):
+        assert other[name][other[name].index(flag) + 1] == value, (name, flag)
     assert other["eval_sft"].count("--task_prompt") == 1
     # every evaluation sees the tasks GRPO trained on the same data, prompt and CF run
     for name in ("eval_random", "eval_sft", "eval_grpo_ndcg_s3"):
         cmd = stages[name]["cmd"]
-        assert cmd[cmd.index("--task_prompt") + 1] == "rerec/task_attributes.yaml"
+        assert cmd[cmd.index("--task_prompt") + 1] == "rerec/task_attributes_first.yaml"
         assert cmd[cmd.index("--data") + 1] == "../shared/data/movielens/recbole_ml-100k"
     # a finished stage is skipped (its output exists); a dry run runs nothing
     Path(stages["sft"]["done"]).parent.mkdir(parents=True)
