@@ -63,7 +63,7 @@ def test_train_sft_end_to_end_from_the_cli(tiny_backbone, shared_data, tmp_path)
     rc = main(["train", "sft", "--config", str(configs_dir() / "sft_lamp.yaml"), "--lamp_dir", str(lamp),
                "--model_name_or_path", str(tiny_backbone), "--output_dir", str(out), "--max_steps", "2",
                "--per_device_train_batch_size", "2", "--logging_steps", "1", "--max_train_examples", "8",
-               "--retriever", "bm25", "--max_length", "256", "--lora_target_modules", "q_proj", "v_proj"])
+               "--retriever", "bm25", "--max_length", "512", "--lora_target_modules", "q_proj", "v_proj"])
     assert rc == 0
     assert (out / "adapter_model.safetensors").is_file()
     assert (out / "metrics.jsonl").read_text().count("loss") >= 2
