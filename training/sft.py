@@ -144,7 +144,7 @@ def check_lengths(examples: list[dict], tokenizer, max_length: int | None) -> di
     import warnings
 
     if not max_length or "prompt" not in examples[0]:
-        return {"dropped": 0, "cut": 0}
+        return {"dropped": 0, "cut": 0, "longest": None}  # not measured
     dropped = cut = longest = 0
     for ex in examples:
         completion = ex["completion"]
