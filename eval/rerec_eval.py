@@ -178,8 +178,20 @@ def read_predictions(run: str | Path) -> list[dict]:
     path = Path(run) / "predictions.jsonl"
     if not path.is_file():
         raise LlmrecError(f"{path} not found: pass a folder written by `llmrec eval rerec --out`")
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LlmrecError(f"{path}:{n}: not JSON ({e.msg})") from None
+            missing = [k for k in ("task_id", "targets", "candidates", "completion") if k not in row]
+            if missing:
+                raise LlmrecError(f"{path}:{n}: missing {', '.join(missing)}")
+            rows.append(row)
+    return rows
 
 
 def per_task_scores(predictions: Sequence[dict], metric: str = "ndcg@10", lenient: bool = False) -> dict[str, float]:

@@ -151,6 +151,11 @@ def test_rerec_compare_averages_seeds_per_task_and_pairs_tasks(tmp_path, capsys)
     assert "evaluated on other tasks" in capsys.readouterr().err
     assert main(["eval", "rerec-compare", "--a", str(tmp_path / "nothing"), "--b", str(b)]) == 2
     assert "predictions.jsonl not found" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "predictions.jsonl").write_text('{"task_id": "t0", "targets": ["i0"], "candidates": ["i0"]}\n')
+    assert main(["eval", "rerec-compare", "--a", str(broken), "--b", str(b)]) == 2
+    assert "predictions.jsonl:1: missing completion" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name,meta", [("movielens/recbole_ml-100k", None),
