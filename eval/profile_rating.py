@@ -10,6 +10,11 @@ MAE and RMSE), so there are no parsing failures.
 Conditions compared by :func:`bump_eval_report`: the trained profile writer's profiles, no profile,
 the untrained model's profiles, and another user's trained profile (:func:`shuffle_profiles`, a
 derangement: if this does as well as the user's own profile, the profile carries no personal signal).
+
+The rater: an untrained 135M model prefers one digit whatever the prompt says, so every condition gets the
+same argmax MAE. :func:`rater_sft_examples` builds SFT data for a rater from the *training-side* users
+(never the evaluated ones), each question shown with the trained writer's profile, the untrained model's
+profile or none in equal shares, so the rater learns to read a profile without favouring either writer.
 """
 
 from __future__ import annotations
@@ -229,9 +234,48 @@ def shuffle_profiles(profiles: Mapping[str, str | None], seed: int = 0) -> dict[
     return {u: profiles[order[(k + 1) % len(order)]] for k, u in enumerate(order)}
 
 
+def rater_sft_examples(questions: Sequence[dict], sources: Mapping[str, Mapping[str, str | None]], seed: int = 0,
+                       template: RatingTemplate | str | Path | None = None) -> list[dict]:
+    """SFT examples for a rating model: each question's prompt with one source's profile, the gold star as answer.
+
+    ``sources``: name -> (user -> profile text, or None for no profile), e.g. ``{"trained": ..., "untrained":
+    ..., "none": {}}``. The questions are shuffled (seeded) and dealt to the sources in turn, so each source
+    gets an equal share and no question appears twice. Each example carries its ``source`` name.
+    """
+    if not sources:
+        raise LlmrecError("rater_sft_examples needs at least one profile source")
+    if not questions:
+        raise LlmrecError("no rating questions to build rater examples from")
+    tpl = template if isinstance(template, RatingTemplate) else RatingTemplate.load(template)
+    names = list(sources)
+    out = []
+    for k, i in enumerate(np.random.default_rng(seed).permutation(len(questions))):
+        q, name = questions[int(i)], names[k % len(names)]
+        msgs = tpl.messages(q["review"], sources[name].get(q["user_id"]))
+        out.append({"prompt": msgs, "completion": [{"role": "assistant", "content": str(int(q["rating"]))}],
+                    "source": name, "id": q["id"]})
+    return out
+
+
+def condition_errors(report: dict, base: str = "trained_profile", seed: int = 0) -> dict[str, dict]:
+    """Paired test per question of ``base`` against every other condition, on the expected star's absolute error
+    (needs ``rating_mae(..., return_predictions=True)`` results). Positive ``mean_diff``: ``base`` errs more."""
+    from llmrec.eval.llm_ranking import paired_comparison
+
+    conds = report["conditions"]
+    if base not in conds or "predictions" not in conds[base]:
+        raise LlmrecError(f"condition {base!r} with per-question predictions is needed for the paired test")
+
+    def errors(name):
+        return [abs(p["expected"] - p["gold"]) for p in conds[name]["predictions"]]
+
+    return {name: paired_comparison(errors(base), errors(name), seed=seed) for name in conds if name != base}
+
+
 def bump_eval_report(model_path, tasks, questions: Sequence[dict], adapter_path: str | Path | None = None,
                      trained_profiles: Mapping[str, str] | None = None,
                      untrained_profiles: Mapping[str, str] | None = None, rating_model_path=None,
+                     rating_adapter_path: str | Path | None = None,
                      max_new_tokens: int = 96, batch_size: int = 8, seed: int = 0, progress: bool = True) -> dict:
     """The four-condition table: rating MAE/RMSE with trained / no / untrained / another user's profile.
 
@@ -243,7 +287,10 @@ def bump_eval_report(model_path, tasks, questions: Sequence[dict], adapter_path:
         untrained_profiles: reuse already generated base-model profiles.
         rating_model_path: the model that rates (default: ``model_path``, the untrained base), so only
             the profile differs between conditions.
-    Returns ``{"conditions": {name: rating_mae(...)}, "profiles": {...}, "n_users", "n_questions", ...}``.
+        rating_adapter_path: a LoRA on the rating model, e.g. a rater fine-tuned on training-side users'
+            questions (:func:`rater_sft_examples`).
+    Returns ``{"conditions": {name: rating_mae(...) with per-question predictions}, "paired": trained profile
+    vs each other condition (:func:`condition_errors`), "profiles": {...}, "n_users", "n_questions", ...}``.
     """
     if trained_profiles is None and adapter_path is None:
         raise LlmrecError("bump_eval_report needs adapter_path (the trained profile writer) or trained_profiles")
@@ -256,19 +303,27 @@ def bump_eval_report(model_path, tasks, questions: Sequence[dict], adapter_path:
     base = load_causal_lm(model_path)
     if untrained_profiles is None:
         untrained_profiles = generate_profiles(base, tasks, None, max_new_tokens, batch_size, progress)
-    rater = base if rating_model_path is None else load_causal_lm(rating_model_path)
+    if rating_model_path is None and rating_adapter_path is None:
+        rater = base
+    else:
+        rater = load_causal_lm(model_path if rating_model_path is None else rating_model_path, rating_adapter_path)
     conditions = {
         "trained_profile": dict(trained_profiles),
         "no_profile": {t["user_id"]: None for t in tasks},
         "untrained_profile": dict(untrained_profiles),
         "other_user_profile": shuffle_profiles(trained_profiles, seed),
     }
-    table = {name: rating_mae(rater, questions, profs, batch_size, progress=progress)
+    table = {name: rating_mae(rater, questions, profs, batch_size, progress=progress, return_predictions=True)
              for name, profs in conditions.items()}
-    return {"model": str(model_path if not isinstance(model_path, tuple) else "<loaded model>"),
-            "adapter": None if adapter_path is None else str(adapter_path),
-            "n_users": len(tasks), "n_questions": len(questions), "seed": seed, "conditions": table,
-            "profiles": {"trained": dict(trained_profiles), "untrained": dict(untrained_profiles)}}
+    report = {"model": str(model_path if not isinstance(model_path, tuple) else "<loaded model>"),
+              "adapter": None if adapter_path is None else str(adapter_path),
+              "rater": {"model": None if rating_model_path is None or isinstance(rating_model_path, tuple)
+                        else str(rating_model_path),
+                        "adapter": None if rating_adapter_path is None else str(rating_adapter_path)},
+              "n_users": len(tasks), "n_questions": len(questions), "seed": seed, "conditions": table,
+              "profiles": {"trained": dict(trained_profiles), "untrained": dict(untrained_profiles)}}
+    report["paired"] = condition_errors(report, seed=seed)
+    return report
 
 
 def format_report_table(report: dict) -> str:
@@ -278,4 +333,13 @@ def format_report_table(report: dict) -> str:
     for name, m in report["conditions"].items():
         lines.append(f"| {name} | {m['mae']:.3f} | {m['rmse']:.3f} | {m['mae_expected']:.3f} | "
                      f"{m['rmse_expected']:.3f} | {m['star_mass']:.3f} |")
+    if report.get("paired"):
+        lines += ["", ("Trained profile vs each condition, per question, on |expected star - gold| (negative: "
+                       "the trained profile errs less):"), "",
+                  "| vs | mean diff | 95% CI | Wilcoxon p | better / worse / tied |", "|---|---|---|---|---|"]
+        for name, p in report["paired"].items():
+            lo, hi = p["ci95"]
+            # A lower error is a win for the trained profile: paired_comparison counted base > other as "wins".
+            lines.append(f"| {name} | {p['mean_diff']:+.3f} | {lo:+.3f}..{hi:+.3f} | {p['wilcoxon_p']:.3g} | "
+                         f"{p['losses']} / {p['wins']} / {p['ties']} |")
     return "\n".join(lines)

@@ -8,10 +8,12 @@ import pytest
 from llmrec.errors import LlmrecError
 from llmrec.eval.profile_rating import (
     bump_eval_report,
+    condition_errors,
     format_report_table,
     generate_profiles,
     generate_profiles_with_model,
     load_causal_lm,
+    rater_sft_examples,
     rating_mae,
     shuffle_profiles,
     star_logprobs,
@@ -205,3 +207,91 @@ def test_eval_bump_cli_writes_the_four_condition_report(tiny, tiny_backbone, tin
     for key in ("mae", "rmse", "mae_expected"):
         assert report["conditions"]["no_profile"][key] == pytest.approx(direct[key], abs=1e-6)
     assert "| trained_profile |" in (out / "report.md").read_text()
+
+
+def test_rater_sft_examples_deal_each_question_once_to_the_sources_in_equal_shares(mi):
+    qs = build_rating_questions(mi, split="train", max_users=10)
+    users = sorted({q["user_id"] for q in qs})
+    trained = {u: f"Writer A on {u}." for u in users}
+    untrained = {u: f"Writer B on {u}." for u in users}
+    ex = rater_sft_examples(qs, {"trained": trained, "untrained": untrained, "none": {}}, seed=3)
+    assert sorted(e["id"] for e in ex) == sorted(q["id"] for q in qs)
+    counts = [sum(e["source"] == s for e in ex) for s in ("trained", "untrained", "none")]
+    assert max(counts) - min(counts) <= 1 and sum(counts) == len(qs)
+    gold = {q["id"]: q for q in qs}
+    for e in ex:
+        q = gold[e["id"]]
+        text = e["prompt"][-1]["content"]
+        assert e["completion"] == [{"role": "assistant", "content": str(q["rating"])}]
+        assert e["prompt"][0]["role"] == "system" and q["review"].split()[0] in text
+        assert (f"Writer A on {q['user_id']}." in text) == (e["source"] == "trained")
+        assert (f"Writer B on {q['user_id']}." in text) == (e["source"] == "untrained")
+        assert ("About the customer" in text) == (e["source"] != "none")
+    # Seeded: same seed same deal, another seed another.
+    assert ex == rater_sft_examples(qs, {"trained": trained, "untrained": untrained, "none": {}}, seed=3)
+    other = rater_sft_examples(qs, {"trained": trained, "untrained": untrained, "none": {}}, seed=4)
+    assert [e["source"] for e in other] != [e["source"] for e in ex] or [e["id"] for e in other] != [
+        e["id"] for e in ex]
+    with pytest.raises(LlmrecError, match="profile source"):
+        rater_sft_examples(qs, {})
+
+
+def test_condition_errors_pairs_the_expected_star_errors_per_question():
+    def preds(expected, gold=(5, 4, 1)):
+        return {"predictions": [{"expected": e, "gold": g} for e, g in zip(expected, gold)]}
+
+    report = {"conditions": {"trained_profile": preds([4.5, 4.0, 2.0]), "no_profile": preds([4.0, 3.0, 2.0]),
+                             "other_user_profile": preds([4.5, 4.0, 2.0])}}
+    paired = condition_errors(report)
+    # errors trained: .5, 0, 1; none: 1, 1, 1 -> differences -.5, -1, 0.
+    assert paired["no_profile"]["mean_diff"] == pytest.approx(-0.5)
+    assert (paired["no_profile"]["wins"], paired["no_profile"]["losses"], paired["no_profile"]["ties"]) == (0, 2, 1)
+    assert paired["other_user_profile"]["mean_diff"] == 0 and paired["other_user_profile"]["ties"] == 3
+    assert set(paired) == {"no_profile", "other_user_profile"}
+    with pytest.raises(LlmrecError, match="per-question predictions"):
+        condition_errors({"conditions": {"trained_profile": {"mae": 1.0}}})
+
+
+def test_bump_rater_data_then_sft_then_eval_with_the_rater(tiny, tiny_backbone, tiny_adapter_dir, shared_data, mi,
+                                                            tmp_path):
+    """`llmrec data bump-rating` -> `llmrec train sft` -> `llmrec eval bump --rater_adapter`, tiny model."""
+    import json
+
+    from llmrec.cli.main import main
+    from llmrec.paths import configs_dir
+    from llmrec.training.sft import read_prompt_completion_jsonl
+
+    data = str(shared_data / "amazon" / "musical_instruments_5core_2014")
+    adapter = str(tiny_adapter_dir / "tinylora")
+    jsonl = tmp_path / "rater" / "train.jsonl"
+    assert main(["data", "bump-rating", "--model", str(tiny_backbone), "--adapter", adapter, "--data", data,
+                 "--max_users", "4", "--n_history", "3", "--batch_size", "4", "--out", str(jsonl)]) == 0
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    train_qs = build_rating_questions(mi, split="train", max_users=4, n_history=3)
+    assert len(rows) == len(train_qs) and {r["source"] for r in rows} == {"trained", "untrained", "none"}
+    # Training-side users only: none of them is evaluated.
+    test_users = {q["user_id"] for q in build_rating_questions(mi, split="test", max_users=3, n_history=3)}
+    assert not test_users & {q["user_id"] for q in train_qs}
+    assert len(read_prompt_completion_jsonl(jsonl)) == len(rows)
+    profiles = json.loads((jsonl.parent / "profiles.json").read_text())
+    assert set(profiles["trained"]) == {q["user_id"] for q in train_qs}
+
+    rater = tmp_path / "rater_sft"
+    assert main(["train", "sft", "--config", str(configs_dir() / "sft_bump_rater_mi.yaml"), "--train_file",
+                 str(jsonl), "--model_name_or_path", str(tiny_backbone), "--output_dir", str(rater),
+                 "--max_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "0.01",
+                 "--lora_target_modules", "q_proj", "v_proj"]) == 0
+    out = tmp_path / "eval"
+    assert main(["eval", "bump", "--model", str(tiny_backbone), "--adapter", adapter, "--data", data,
+                 "--max_users", "3", "--n_history", "3", "--batch_size", "3", "--rater_adapter", str(rater),
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["rater"]["adapter"] == str(rater)
+    qs = build_rating_questions(mi, split="test", max_users=3, n_history=3)
+    tuned = rating_mae(load_causal_lm(tiny_backbone, rater, device="cpu"), qs, {}, batch_size=3, progress=False)
+    untuned = rating_mae(tiny, qs, {}, batch_size=3, progress=False)
+    # The rater's adapter scores the table, not the base model.
+    assert report["conditions"]["no_profile"]["mae_expected"] == pytest.approx(tuned["mae_expected"], abs=1e-6)
+    assert tuned["mae_expected"] != pytest.approx(untuned["mae_expected"], abs=1e-6)
+    assert set(report["paired"]) == {"no_profile", "untrained_profile", "other_user_profile"}
+    assert "| vs | mean diff |" in (out / "report.md").read_text()

@@ -7,7 +7,7 @@ import importlib
 from llmrec.cli.common import add_command
 
 # Each module registers its own ``data`` subcommands.
-_MODULES = ["llmrec.cli.data_load", "llmrec.cli.data_lamp", "llmrec.cli.data_get"]
+_MODULES = ["llmrec.cli.data_load", "llmrec.cli.data_lamp", "llmrec.cli.data_get", "llmrec.cli.data_bump"]
 
 
 def register(sub) -> None:

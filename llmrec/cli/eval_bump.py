@@ -12,11 +12,16 @@ For the test-side users of a review data set (the users grpo-bump never trained 
 profile with the trained profile writer (--adapter) and with the untrained model, then rates each user's
 held-out reviews (LaMP-3 style, 1-5 stars, answer scored from the first-token probabilities) under four
 conditions: trained profile, no profile, untrained model's profile, another user's trained profile.
-Reports MAE/RMSE of the argmax star and of the expected star. Writes report.json and report.md.
+Reports MAE/RMSE of the argmax star and of the expected star, and a paired test per question of the trained
+profile against each other condition. Writes report.json and report.md.
+
+The rater is the untrained model unless --rater_adapter gives a fine-tuned one (see `llmrec data bump-rating`:
+an untrained 135M rater puts the same digit first whatever the profile says).
 
 example:
   llmrec eval bump --model smollm2-135m-instruct --adapter runs/grpo_bump_mi \\
-      --data ../shared/data/amazon/musical_instruments_5core_2014 --max_users 64 --out runs/eval_bump_mi
+      --data ../shared/data/amazon/musical_instruments_5core_2014 --max_users 64 --out runs/eval_bump_mi \
+      [--rater_adapter runs/sft_bump_rater_mi]
 """
 
 
@@ -31,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--n_heldout", type=int, default=3, help="as in training (default: %(default)s)")
     p.add_argument("--max_users", type=int, default=64, help="test users evaluated (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="user split and profile shuffle seed (default: %(default)s)")
+    p.add_argument("--rater_model", default=None, help="the rating model (default: --model)")
+    p.add_argument("--rater_adapter", default=None, help="LoRA on the rating model, e.g. a rater fine-tuned with "
+                                                        "'llmrec train sft' on 'llmrec data bump-rating' examples")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--out", default=None, help="folder for report.json and report.md")
     p.set_defaults(func=run)
@@ -48,7 +56,8 @@ def run(args) -> int:
     tasks = build_bump_tasks(data, **common)
     questions = build_rating_questions(data, **common)
     report = bump_eval_report(resolve_backbone(args.model), tasks, questions, adapter_path=args.adapter,
-                              batch_size=args.batch_size, seed=args.seed)
+                              rating_model_path=resolve_backbone(args.rater_model) if args.rater_model else None,
+                              rating_adapter_path=args.rater_adapter, batch_size=args.batch_size, seed=args.seed)
     table = format_report_table(report)
     print(f"{report['n_users']} test users, {report['n_questions']} rating questions\n{table}")
     if args.out:
