@@ -272,6 +272,21 @@ def condition_errors(report: dict, base: str = "trained_profile", seed: int = 0)
     return {name: paired_comparison(errors(base), errors(name), seed=seed) for name in conds if name != base}
 
 
+def constant_references(train_questions: Sequence[dict], questions: Sequence[dict]) -> dict[str, dict]:
+    """MAE/RMSE on ``questions`` of answering every one with the training questions' most frequent star and with
+    their mean star: a rater that does not beat these has learned the rating marginal, not the review."""
+    if not train_questions or not questions:
+        raise LlmrecError("constant references need training questions and evaluation questions")
+    train = np.array([float(q["rating"]) for q in train_questions])
+    gold = np.array([float(q["rating"]) for q in questions])
+    stars, counts = np.unique(train, return_counts=True)
+    out = {}
+    for name, value in (("constant_mode", float(stars[counts.argmax()])), ("constant_mean", float(train.mean()))):
+        out[name] = {"value": value, "mae": float(np.abs(value - gold).mean()),
+                     "rmse": float(np.sqrt(((value - gold) ** 2).mean())), "n_train": len(train)}
+    return out
+
+
 def bump_eval_report(model_path, tasks, questions: Sequence[dict], adapter_path: str | Path | None = None,
                      trained_profiles: Mapping[str, str] | None = None,
                      untrained_profiles: Mapping[str, str] | None = None, rating_model_path=None,
@@ -333,6 +348,9 @@ def format_report_table(report: dict) -> str:
     for name, m in report["conditions"].items():
         lines.append(f"| {name} | {m['mae']:.3f} | {m['rmse']:.3f} | {m['mae_expected']:.3f} | "
                      f"{m['rmse_expected']:.3f} | {m['star_mass']:.3f} |")
+    for name, m in report.get("references", {}).items():
+        lines.append(f"| {name} ({m['value']:.2f}, from {m['n_train']} training-side answers) | {m['mae']:.3f} | "
+                     f"{m['rmse']:.3f} | | | |")
     if report.get("paired"):
         lines += ["", ("Trained profile vs each condition, per question, on |expected star - gold| (negative: "
                        "the trained profile errs less):"), "",

@@ -9,6 +9,7 @@ from llmrec.errors import LlmrecError
 from llmrec.eval.profile_rating import (
     bump_eval_report,
     condition_errors,
+    constant_references,
     format_report_table,
     generate_profiles,
     generate_profiles_with_model,
@@ -295,3 +296,19 @@ def test_bump_rater_data_then_sft_then_eval_with_the_rater(tiny, tiny_backbone, 
     assert tuned["mae_expected"] != pytest.approx(untuned["mae_expected"], abs=1e-6)
     assert set(report["paired"]) == {"no_profile", "untrained_profile", "other_user_profile"}
     assert "| vs | mean diff |" in (out / "report.md").read_text()
+    all_train = build_rating_questions(mi, split="train", n_history=3)
+    assert report["references"] == constant_references(all_train, qs)
+
+
+def test_constant_references_hand_computed():
+    train = [{"rating": r} for r in (5, 5, 4, 1)]  # mode 5, mean 3.75
+    test = [{"rating": r} for r in (5, 3)]
+    ref = constant_references(train, test)
+    assert ref["constant_mode"]["value"] == 5 and ref["constant_mode"]["mae"] == pytest.approx(1.0)
+    assert ref["constant_mode"]["rmse"] == pytest.approx(np.sqrt(2.0))
+    assert ref["constant_mean"]["value"] == pytest.approx(3.75)
+    assert ref["constant_mean"]["mae"] == pytest.approx((1.25 + 0.75) / 2) and ref["constant_mean"]["n_train"] == 4
+    report = {"conditions": {}, "references": ref}
+    assert "| constant_mode (5.00, from 4 training-side answers) | 1.000 |" in format_report_table(report)
+    with pytest.raises(LlmrecError, match="constant references"):
+        constant_references([], test)

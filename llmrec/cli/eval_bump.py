@@ -47,7 +47,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from llmrec.backbone import resolve_backbone
     from llmrec.data import load_recdata
-    from llmrec.eval.profile_rating import bump_eval_report, format_report_table
+    from llmrec.eval.profile_rating import bump_eval_report, constant_references, format_report_table
     from llmrec.training.bump_tasks import build_bump_tasks, build_rating_questions
 
     data = load_recdata(args.data)
@@ -58,6 +58,9 @@ def run(args) -> int:
     report = bump_eval_report(resolve_backbone(args.model), tasks, questions, adapter_path=args.adapter,
                               rating_model_path=resolve_backbone(args.rater_model) if args.rater_model else None,
                               rating_adapter_path=args.rater_adapter, batch_size=args.batch_size, seed=args.seed)
+    # All training-side users (no model involved): the rating marginal a rater could learn without reading.
+    train_qs = build_rating_questions(data, **{**common, "max_users": None, "split": "train"})
+    report["references"] = constant_references(train_qs, questions)
     table = format_report_table(report)
     print(f"{report['n_users']} test users, {report['n_questions']} rating questions\n{table}")
     if args.out:
