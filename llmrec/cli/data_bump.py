@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from llmrec.cli.common import add_command
+from llmrec.cli.eval_bump import add_bump_user_args, user_selection
 
 DESCRIPTION = """\
 Writes a prompt/completion JSONL for fine-tuning a rating model (LaMP-3 style, review -> 1-5 stars,
@@ -26,14 +27,7 @@ example:
 def register(sub) -> None:
     p = add_command(sub, "bump-rating", help="rater SFT data for 'llmrec eval bump' from training-side users",
                     description=DESCRIPTION)
-    p.add_argument("--model", required=True, help="backbone name or local HF model folder (the untrained writer)")
-    p.add_argument("--adapter", required=True, help="the trained profile writer (a grpo-bump output_dir)")
-    p.add_argument("--data", required=True, help="review data folder (the one grpo-bump trained on)")
-    p.add_argument("--n_history", type=int, default=8, help="as in training (default: %(default)s)")
-    p.add_argument("--n_heldout", type=int, default=3, help="as in training (default: %(default)s)")
-    p.add_argument("--max_users", type=int, default=256, help="training-side users used (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="user split seed, as in eval bump (default: %(default)s)")
-    p.add_argument("--batch_size", type=int, default=8)
+    add_bump_user_args(p, max_users=256, users="training-side users used")
     p.add_argument("--out", required=True, help="JSONL to write (profiles.json is written beside it)")
     p.set_defaults(func=run)
 
@@ -45,8 +39,7 @@ def run(args) -> int:
     from llmrec.training.bump_tasks import build_bump_tasks, build_rating_questions
 
     data = load_recdata(args.data)
-    common = {"n_history": args.n_history, "n_heldout": args.n_heldout, "max_users": args.max_users,
-              "seed": args.seed, "split": "train"}
+    common = user_selection(args, "train")
     tasks = build_bump_tasks(data, **common)
     questions = build_rating_questions(data, **common)
     model = resolve_backbone(args.model)

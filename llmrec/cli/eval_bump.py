@@ -28,20 +28,31 @@ example:
 def register(sub) -> None:
     p = add_command(sub, "bump", help="rating MAE with trained / no / untrained / another user's BUMP profile",
                     description=DESCRIPTION)
-    p.add_argument("--model", required=True, help="backbone name or local HF model folder (the untrained writer "
-                                                   "and the rater)")
+    add_bump_user_args(p, max_users=64, users="test users evaluated")
+    p.add_argument("--rater_model", default=None, help="the rating model (default: --model)")
+    p.add_argument("--rater_adapter", default=None, help="LoRA on the rating model, e.g. a rater fine-tuned with "
+                                                        "'llmrec train sft' on 'llmrec data bump-rating' examples")
+    p.add_argument("--out", default=None, help="folder for report.json and report.md")
+    p.set_defaults(func=run)
+
+
+def add_bump_user_args(p, max_users: int, users: str) -> None:
+    """The writer, the data and the user selection, shared with ``llmrec data bump-rating``."""
+    p.add_argument("--model", required=True, help="backbone name or local HF model folder (the untrained writer; "
+                                                   "the rater unless --rater_model)")
     p.add_argument("--adapter", required=True, help="the trained profile writer (a grpo-bump output_dir)")
     p.add_argument("--data", required=True, help="review data folder (the one grpo-bump trained on)")
     p.add_argument("--n_history", type=int, default=8, help="as in training (default: %(default)s)")
     p.add_argument("--n_heldout", type=int, default=3, help="as in training (default: %(default)s)")
-    p.add_argument("--max_users", type=int, default=64, help="test users evaluated (default: %(default)s)")
+    p.add_argument("--max_users", type=int, default=max_users, help=f"{users} (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="user split and profile shuffle seed (default: %(default)s)")
-    p.add_argument("--rater_model", default=None, help="the rating model (default: --model)")
-    p.add_argument("--rater_adapter", default=None, help="LoRA on the rating model, e.g. a rater fine-tuned with "
-                                                        "'llmrec train sft' on 'llmrec data bump-rating' examples")
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--out", default=None, help="folder for report.json and report.md")
-    p.set_defaults(func=run)
+
+
+def user_selection(args, split: str) -> dict:
+    """Keyword arguments of ``build_bump_tasks`` / ``build_rating_questions`` from :func:`add_bump_user_args`."""
+    return {"n_history": args.n_history, "n_heldout": args.n_heldout, "max_users": args.max_users,
+            "seed": args.seed, "split": split}
 
 
 def run(args) -> int:
@@ -51,8 +62,7 @@ def run(args) -> int:
     from llmrec.training.bump_tasks import build_bump_tasks, build_rating_questions
 
     data = load_recdata(args.data)
-    common = {"n_history": args.n_history, "n_heldout": args.n_heldout, "max_users": args.max_users,
-              "seed": args.seed, "split": "test"}
+    common = user_selection(args, "test")
     tasks = build_bump_tasks(data, **common)
     questions = build_rating_questions(data, **common)
     report = bump_eval_report(resolve_backbone(args.model), tasks, questions, adapter_path=args.adapter,
