@@ -52,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--backbone", default=None, help="override the configs' backbone (name or folder)")
     p.add_argument("--task_prompt", default=None, help="override the configs' task prompt in every stage")
     p.add_argument("--answer_prompt", default=None, help="warm-start answer file for SFT (rerec_answer_prompt)")
+    p.add_argument("--save_every", type=int, default=None,
+                   help="checkpoint every N training steps, so a killed stage loses fewer (default: half the "
+                        "--sft_steps / --grpo_steps; the configs' save_steps when those are not given)")
     p.add_argument("--lock", default=None, help="run each stage under this lock file (shared machines)")
     p.add_argument("--dry_run", action="store_true", help="print the stages and whether each would run")
     return p.parse_args(argv)
@@ -82,7 +85,9 @@ def plan(args) -> list[dict]:
         add(f"eval_{ref}", [*evaluate, "--reference", ref, "--out", out / "eval" / ref],
             out / "eval" / ref / "metrics.json")
     sft = out / "sft"
-    steps = ["--max_steps", args.sft_steps, "--save_steps", max(1, args.sft_steps // 2)] if args.sft_steps else []
+    steps = ["--max_steps", args.sft_steps] if args.sft_steps else []
+    if args.save_every or args.sft_steps:
+        steps += ["--save_steps", args.save_every or max(1, args.sft_steps // 2)]
     add("sft", ["train", "sft", "--config", args.sft_config, *model, *sft_prompts, *steps, "--output_dir", sft],
         sft / "adapter_model.safetensors")
     add("eval_sft", [*evaluate, "--model", backbone, "--adapter", sft, "--out", out / "eval" / "sft"],
@@ -92,8 +97,8 @@ def plan(args) -> list[dict]:
                         ("--task_seed", args.grpo_task_seed), ("--learning_rate", args.learning_rate)):
         if value is not None:
             grpo += [flag, value]
-    if args.grpo_steps:
-        grpo += ["--save_steps", max(1, args.grpo_steps // 2)]
+    if args.save_every or args.grpo_steps:
+        grpo += ["--save_steps", args.save_every or max(1, args.grpo_steps // 2)]
     for seed in args.seeds:
         for arm, extra in ARMS.items():
             run = out / f"grpo_{arm}_s{seed}"

@@ -74,6 +74,11 @@ def test_experiment_plan_skips_finished_stages_and_passes_the_protocol(tmp_path,
         assert ndcg[ndcg.index(flag) + 1] == value
     assert "--reward" not in stages["grpo_full_s3"]["cmd"]
     assert "--task_prompt" not in stages["grpo_full_s3"]["cmd"]  # the config's own
+    # checkpoints: half the steps by default, every --save_every steps when given
+    assert sft[sft.index("--save_steps") + 1] == "20" and ndcg[ndcg.index("--save_steps") + 1] == "6"
+    often = {s["name"]: s["cmd"] for s in script.plan(script.parse_args([*argv, "--save_every", "4"]))}
+    for name in ("sft", "grpo_full_s0", "grpo_ndcg_s3"):
+        assert often[name][often[name].index("--save_steps") + 1] == "4" and often[name].count("--save_steps") == 1
     # a prompt override reaches every stage: SFT's task and answer files, GRPO's and the evaluations' task file
     other = {s["name"]: s["cmd"] for s in script.plan(script.parse_args(
         [*argv, "--task_prompt", "rerec/task_attributes.yaml", "--answer_prompt", "rerec/sft_answer.yaml"]))}
