@@ -20,7 +20,7 @@ an untrained 135M rater puts the same digit first whatever the profile says).
 
 example:
   llmrec eval bump --model smollm2-135m-instruct --adapter runs/grpo_bump_mi \\
-      --data ../shared/data/amazon/musical_instruments_5core_2014 --max_users 64 --out runs/eval_bump_mi \
+      --data ../shared/data/amazon/musical_instruments_5core_2014 --max_users 64 --out runs/eval_bump_mi \\
       [--rater_adapter runs/sft_bump_rater_mi]
 """
 
