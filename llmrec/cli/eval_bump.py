@@ -38,8 +38,8 @@ def register(sub) -> None:
 
 def add_bump_user_args(p, max_users: int, users: str) -> None:
     """The writer, the data and the user selection, shared with ``llmrec data bump-rating``."""
-    p.add_argument("--model", required=True, help="backbone name or local HF model folder (the untrained writer; "
-                                                   "the rater unless --rater_model)")
+    p.add_argument("--model", required=True, help="backbone name or local HF model folder: the untrained writer "
+                                                   "(and in eval bump the rater, unless --rater_model)")
     p.add_argument("--adapter", required=True, help="the trained profile writer (a grpo-bump output_dir)")
     p.add_argument("--data", required=True, help="review data folder (the one grpo-bump trained on)")
     p.add_argument("--n_history", type=int, default=8, help="as in training (default: %(default)s)")
