@@ -309,6 +309,9 @@ def bump_eval_report(model_path, tasks, questions: Sequence[dict], adapter_path:
     """
     if trained_profiles is None and adapter_path is None:
         raise LlmrecError("bump_eval_report needs adapter_path (the trained profile writer) or trained_profiles")
+    # Checked before the minutes of profile writing, not when the rater is loaded after them.
+    if rating_adapter_path is not None and not Path(rating_adapter_path).is_dir():
+        raise LlmrecError(f"rater adapter folder {rating_adapter_path} not found")
     tasks = list(tasks)
     if trained_profiles is None:
         trained_profiles = generate_profiles(model_path, tasks, adapter_path, max_new_tokens, batch_size, progress)

@@ -187,6 +187,8 @@ def test_generate_profiles_and_report_on_tiny_backbone(tiny, tiny_backbone, tiny
     assert "| no_profile |" in format_report_table(report)
     with pytest.raises(LlmrecError, match="adapter_path"):
         bump_eval_report(tiny, tasks, qs)
+    with pytest.raises(LlmrecError, match="rater adapter folder .*nowhere not found"):
+        bump_eval_report(tiny, tasks, qs, trained_profiles=written, rating_adapter_path=tiny_adapter_dir / "nowhere")
 
 
 def test_eval_bump_cli_writes_the_four_condition_report(tiny, tiny_backbone, tiny_adapter_dir, shared_data, mi,
