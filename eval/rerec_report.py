@@ -75,7 +75,8 @@ def plot_summary(summary: Mapping[str, dict], png: str | Path,
 def write_report(policies: Mapping[str, Sequence[str | Path]], comparisons: Sequence[tuple[str, str]], out: str | Path,
                  metrics: Sequence[str] = ("ndcg@10", "hr@1"), title: str = "ReRec comparison") -> dict:
     """``report.md``, ``report.json`` and ``report.png`` in ``out``: the summary table over seeds and, for
-    each ``(A, B)`` in ``comparisons``, the paired test per metric (``compare_runs``, seeds averaged per task)."""
+    each ``(A, B)`` in ``comparisons``, the paired test per metric (``compare_runs``, seeds averaged per task).
+    A metric written ``lenient/ndcg@10`` reads the answers leniently (the first candidate numbers anywhere)."""
     from llmrec.eval.rerec_eval import compare_runs
 
     out = Path(out)
@@ -84,8 +85,9 @@ def write_report(policies: Mapping[str, Sequence[str | Path]], comparisons: Sequ
     paired = []
     for a, b in comparisons:
         for m in metrics:
-            r = compare_runs(policies[a], policies[b], metric=m)
-            paired.append({"a": a, "b": b, "metric": m, "tasks": r["tasks"], **r["paired"]})
+            lenient = m.startswith("lenient/")
+            r = compare_runs(policies[a], policies[b], metric=m.removeprefix("lenient/"), lenient=lenient)
+            paired.append({"a": a, "b": b, "metric": r["metric"], "tasks": r["tasks"], **r["paired"]})
     lines = [f"# {title}", "", "Mean ± standard deviation over training seeds (one run where there is no seed).", "",
              markdown_table(summary), "",
              "Paired over the same held-out tasks (a task's score: its mean over seeds):", "",

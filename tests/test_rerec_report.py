@@ -48,6 +48,19 @@ def test_report_table_over_seeds_and_paired_tests(tmp_path):
     assert (tmp_path / "report" / "report.png").stat().st_size > 10_000
 
 
+def test_report_lenient_metric_reads_boxes_the_strict_one_rejects(tmp_path):
+    base = _run(tmp_path / "base", ["\\boxed{2}", "\\boxed{1, 2}", "\\boxed{3}", "\\boxed{5}"])  # HR@1 1/4
+    # right first choices, but repeated numbers make u0 and u1 invalid answers: strict HR@1 1/4, lenient 3/4
+    dup = _run(tmp_path / "dup", ["\\boxed{1, 1}", "\\boxed{2, 2}", "\\boxed{3}", "\\boxed{5}"])
+    r = write_report({"base": [base], "dup": [dup]}, [("dup", "base")], tmp_path / "report",
+                     metrics=("hr@1", "lenient/hr@1"))
+    by_metric = {p["metric"]: p for p in r["paired"]}
+    assert by_metric["hr@1"]["mean_diff"] == pytest.approx(0.0)
+    assert by_metric["lenient/hr@1"]["mean_diff"] == pytest.approx(0.5)
+    assert (by_metric["lenient/hr@1"]["wins"], by_metric["lenient/hr@1"]["ties"]) == (2, 2)
+    assert "| dup | base | lenient/hr@1 | +0.500 |" in (tmp_path / "report" / "report.md").read_text()
+
+
 def _script():
     spec = importlib.util.spec_from_file_location("rerec_experiment", ROOT / "scripts" / "rerec_experiment.py")
     module = importlib.util.module_from_spec(spec)
