@@ -76,8 +76,8 @@ def write_report(policies: Mapping[str, Sequence[str | Path]], comparisons: Sequ
                  metrics: Sequence[str] = ("ndcg@10", "hr@1"), title: str = "ReRec comparison") -> dict:
     """``report.md``, ``report.json`` and ``report.png`` in ``out``: the summary table over seeds and, for
     each ``(A, B)`` in ``comparisons``, the paired test per metric (``compare_runs``, seeds averaged per task).
-    A metric written ``lenient/ndcg@10`` also reads boxes with repeated or
-    out-of-range numbers (those dropped, the rest in order), as ``score_completions``' lenient figures do."""
+    A metric written ``lenient/ndcg@10`` also reads boxes with repeated or out-of-range numbers (those dropped,
+    the rest in order), as ``score_completions``' lenient figures do."""
     from llmrec.eval.rerec_eval import compare_runs
 
     out = Path(out)

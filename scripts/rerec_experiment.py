@@ -81,13 +81,17 @@ def plan(args) -> list[dict]:
     def add(name, cmd, done):
         stages.append({"name": name, "cmd": llmrec(*cmd), "done": done})
 
+    def checkpoints(max_steps):
+        """Every --save_every steps, else half-way; neither given: the config's own save_steps."""
+        if not (args.save_every or max_steps):
+            return []
+        return ["--save_steps", args.save_every or max(1, max_steps // 2)]
+
     for ref in ("random", "overlap"):
         add(f"eval_{ref}", [*evaluate, "--reference", ref, "--out", out / "eval" / ref],
             out / "eval" / ref / "metrics.json")
     sft = out / "sft"
-    steps = ["--max_steps", args.sft_steps] if args.sft_steps else []
-    if args.save_every or args.sft_steps:
-        steps += ["--save_steps", args.save_every or max(1, args.sft_steps // 2)]
+    steps = [*(["--max_steps", args.sft_steps] if args.sft_steps else []), *checkpoints(args.sft_steps)]
     add("sft", ["train", "sft", "--config", args.sft_config, *model, *sft_prompts, *steps, "--output_dir", sft],
         sft / "adapter_model.safetensors")
     add("eval_sft", [*evaluate, "--model", backbone, "--adapter", sft, "--out", out / "eval" / "sft"],
@@ -97,8 +101,7 @@ def plan(args) -> list[dict]:
                         ("--task_seed", args.grpo_task_seed), ("--learning_rate", args.learning_rate)):
         if value is not None:
             grpo += [flag, value]
-    if args.save_every or args.grpo_steps:
-        grpo += ["--save_steps", args.save_every or max(1, args.grpo_steps // 2)]
+    grpo += checkpoints(args.grpo_steps)
     for seed in args.seeds:
         for arm, extra in ARMS.items():
             run = out / f"grpo_{arm}_s{seed}"
