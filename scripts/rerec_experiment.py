@@ -9,7 +9,9 @@ held-out users next to the non-LLM references, then a table over seeds, paired t
 
 Each stage is one `llmrec` command whose log goes to OUT/logs/. A stage whose output is already there is skipped,
 so a run killed in the middle (or a session that ended) goes on where it stopped, and seeds can be added later.
-Layout: OUT/sft, OUT/grpo_{full,ndcg}_s{seed}, OUT/eval/{random,overlap,sft,grpo_..._s{seed}}, OUT/report.*.
+Layout: OUT/sft, OUT/grpo_{ARM}_s{seed}, OUT/eval/{random,overlap,sft,grpo_ARM_s{seed}}, OUT/report.*.
+--arms adds ablations of full ReRec to the same run (finished arms are reused): e.g. `--arms full ndcg
+no_reasoning_aware no_curriculum` trains two more arms per seed, each with one module off.
 The evaluation reads data, item_meta, cf_dir and task_prompt from the GRPO config, so all stages see one task set.
 On a shared machine pass --lock FILE: each stage waits for that file's lock (the same as `flock FILE cmd`).
 
@@ -31,7 +33,17 @@ from pathlib import Path
 
 import yaml
 
-ARMS = {"full": [], "ndcg": ["--reward", "ndcg", "--reasoning_aware", "false", "--curriculum", "false"]}
+# GRPO arms: name -> (flags over the GRPO config, report label). The first two are the comparison; the
+# others each take one ReRec module out of "full" (or keep only its reward), to find which module helps or hurts.
+OFF = "false"
+ARMS = {
+    "full": ([], "GRPO, full ReRec"),
+    "ndcg": (["--reward", "ndcg", "--reasoning_aware", OFF, "--curriculum", OFF], "GRPO, NDCG reward"),
+    "reward_only": (["--reasoning_aware", OFF, "--curriculum", OFF], "GRPO, ReRec reward only"),
+    "no_alignment": (["--w_qas", "0", "--w_pas", "0"], "GRPO, full without QAS/PAS"),
+    "no_reasoning_aware": (["--reasoning_aware", OFF], "GRPO, full without reasoning-aware advantages"),
+    "no_curriculum": (["--curriculum", OFF], "GRPO, full without curriculum"),
+}
 EVAL_KEYS = ("data", "item_meta", "cf_dir", "task_prompt", "n_candidates", "max_history")
 
 
@@ -42,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--grpo_config", required=True)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="GRPO seeds (default: %(default)s)")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=["full", "ndcg"],
+                   help="GRPO arms per seed (default: %(default)s); the others are ablations of full ReRec, "
+                        "each compared with full and with the NDCG reward in the report")
     p.add_argument("--sft_steps", type=int, default=None, help="default: the SFT config's max_steps")
     p.add_argument("--grpo_steps", type=int, default=None, help="default: the GRPO config's max_steps")
     p.add_argument("--grpo_tasks", type=int, default=None, help="training tasks for GRPO (max_train_tasks)")
@@ -103,7 +118,8 @@ def plan(args) -> list[dict]:
             grpo += [flag, value]
     grpo += checkpoints(args.grpo_steps)
     for seed in args.seeds:
-        for arm, extra in ARMS.items():
+        for arm in args.arms:
+            extra = ARMS[arm][0]
             run = out / f"grpo_{arm}_s{seed}"
             add(run.name, ["train", "grpo-rerec", "--config", args.grpo_config, *model, *grpo_prompt,
                            "--init_adapter", sft, *grpo, *extra, "--seed", seed, "--output_dir", run],
@@ -148,11 +164,18 @@ def report(args) -> Path:
     from llmrec.eval.rerec_report import write_report
 
     ev = args.out / "eval"
-    policies = {"random": [ev / "random"], "genre/category overlap": [ev / "overlap"], "SFT warm start": [ev / "sft"],
-                "GRPO, NDCG reward": [ev / f"grpo_ndcg_s{s}" for s in args.seeds],
-                "GRPO, full ReRec": [ev / f"grpo_full_s{s}" for s in args.seeds]}
-    comparisons = [("GRPO, full ReRec", "GRPO, NDCG reward"), ("GRPO, full ReRec", "SFT warm start"),
-                   ("GRPO, NDCG reward", "SFT warm start")]
+    policies = {"random": [ev / "random"], "genre/category overlap": [ev / "overlap"], "SFT warm start": [ev / "sft"]}
+    # NDCG-only first, then full, then the ablations: the table reads from the baseline up
+    arms = sorted(args.arms, key=lambda a: (a != "ndcg", a != "full"))
+    policies.update({ARMS[a][1]: [ev / f"grpo_{a}_s{s}" for s in args.seeds] for a in arms})
+    label = {a: ARMS[a][1] for a in arms}
+    comparisons = [(label[a], "SFT warm start") for a in ("full", "ndcg") if a in label]
+    if "full" in label and "ndcg" in label:
+        comparisons.insert(0, (label["full"], label["ndcg"]))
+    for a in arms:
+        if a not in ("full", "ndcg"):
+            comparisons += [(label["full"], label[a])] if "full" in label else []
+            comparisons += [(label[a], label["ndcg"])] if "ndcg" in label else []
     # The lenient row tells a better choice of item from a better-formed box.
     write_report(policies, comparisons, args.out, metrics=("ndcg@10", "hr@1", "lenient/ndcg@10"),
                  title=f"ReRec: {Path(args.grpo_config).stem}, seeds {args.seeds}")

@@ -115,6 +115,41 @@ def test_experiment_plan_skips_finished_stages_and_passes_the_protocol(tmp_path,
     assert not (out / "logs").exists()
 
 
+def test_experiment_ablation_arms_take_one_module_out_and_are_compared_with_both_baselines(tmp_path, monkeypatch):
+    script = _script()
+    argv = ["--sft_config", str(ROOT / "configs/sft_rerec_beauty.yaml"),
+            "--grpo_config", str(ROOT / "configs/grpo-rerec_beauty.yaml"), "--out", str(tmp_path), "--seeds", "1",
+            "--arms", "full", "ndcg", "no_curriculum", "no_alignment"]
+    args = script.parse_args(argv)
+    stages = {s["name"]: s["cmd"] for s in script.plan(args)}
+    assert [n for n in stages if n.startswith("grpo_")] == [
+        "grpo_full_s1", "grpo_ndcg_s1", "grpo_no_curriculum_s1", "grpo_no_alignment_s1"]
+
+    def flags(cmd):
+        start = cmd.index("--init_adapter")
+        return {cmd[i]: cmd[i + 1] for i in range(start, len(cmd) - 1) if cmd[i].startswith("--")}
+
+    no_curr, no_align = flags(stages["grpo_no_curriculum_s1"]), flags(stages["grpo_no_alignment_s1"])
+    assert no_curr["--curriculum"] == "false" and "--reasoning_aware" not in no_curr and "--reward" not in no_curr
+    assert (no_align["--w_qas"], no_align["--w_pas"]) == ("0", "0") and "--curriculum" not in no_align
+    assert stages["eval_grpo_no_alignment_s1"][-1] == str(tmp_path / "eval" / "grpo_no_alignment_s1")
+    with pytest.raises(SystemExit):  # an unknown arm is refused by argparse
+        script.parse_args([*argv, "no_such_arm"])
+
+    seen = {}
+    monkeypatch.setattr("llmrec.eval.rerec_report.write_report",
+                        lambda policies, comparisons, out, **kw: seen.update(policies=policies, comparisons=comparisons))
+    script.report(args)
+    assert list(seen["policies"])[3:] == ["GRPO, NDCG reward", "GRPO, full ReRec", "GRPO, full without curriculum",
+                                          "GRPO, full without QAS/PAS"]
+    assert seen["policies"]["GRPO, full without curriculum"] == [tmp_path / "eval" / "grpo_no_curriculum_s1"]
+    full, ndcg = "GRPO, full ReRec", "GRPO, NDCG reward"
+    assert seen["comparisons"] == [
+        (full, ndcg), (full, "SFT warm start"), (ndcg, "SFT warm start"),
+        (full, "GRPO, full without curriculum"), ("GRPO, full without curriculum", ndcg),
+        (full, "GRPO, full without QAS/PAS"), ("GRPO, full without QAS/PAS", ndcg)]
+
+
 def test_experiment_stage_runs_under_the_lock_and_reports_failures(tmp_path):
     import sys
 
