@@ -70,6 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--save_every", type=int, default=None,
                    help="checkpoint every N training steps, so a killed stage loses fewer (default: half the "
                         "--sft_steps / --grpo_steps; the configs' save_steps when those are not given)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="folder for report.md/json/png (default: OUT); e.g. OUT/ablations, so that a run with other "
+                        "--seeds or --arms keeps the main report")
     p.add_argument("--lock", default=None, help="run each stage under this lock file (shared machines)")
     p.add_argument("--dry_run", action="store_true", help="print the stages and whether each would run")
     return p.parse_args(argv)
@@ -177,9 +180,10 @@ def report(args) -> Path:
             comparisons += [(label["full"], label[a])] if "full" in label else []
             comparisons += [(label[a], label["ndcg"])] if "ndcg" in label else []
     # The lenient row tells a better choice of item from a better-formed box.
-    write_report(policies, comparisons, args.out, metrics=("ndcg@10", "hr@1", "lenient/ndcg@10"),
+    out = args.report or args.out
+    write_report(policies, comparisons, out, metrics=("ndcg@10", "hr@1", "lenient/ndcg@10"),
                  title=f"ReRec: {Path(args.grpo_config).stem}, seeds {args.seeds}")
-    return args.out / "report.md"
+    return out / "report.md"
 
 
 def main(argv=None) -> int:

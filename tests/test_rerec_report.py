@@ -138,8 +138,10 @@ def test_experiment_ablation_arms_take_one_module_out_and_are_compared_with_both
 
     seen = {}
     monkeypatch.setattr("llmrec.eval.rerec_report.write_report",
-                        lambda policies, comparisons, out, **kw: seen.update(policies=policies, comparisons=comparisons))
-    script.report(args)
+                        lambda policies, comparisons, out, **kw: seen.update(policies=policies, comparisons=comparisons, out=out))
+    assert script.report(args) == tmp_path / "report.md"
+    assert script.report(script.parse_args([*argv, "--report", str(tmp_path / "abl")])) == tmp_path / "abl" / "report.md"
+    assert seen["out"] == tmp_path / "abl"  # the main report in OUT is left as it was
     assert list(seen["policies"])[3:] == ["GRPO, NDCG reward", "GRPO, full ReRec", "GRPO, full without curriculum",
                                           "GRPO, full without QAS/PAS"]
     assert seen["policies"]["GRPO, full without curriculum"] == [tmp_path / "eval" / "grpo_no_curriculum_s1"]
