@@ -75,7 +75,9 @@ def parse_args(argv=None):
                         "--seeds or --arms keeps the main report")
     p.add_argument("--lock", default=None, help="run each stage under this lock file (shared machines)")
     p.add_argument("--dry_run", action="store_true", help="print the stages and whether each would run")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.arms = list(dict.fromkeys(args.arms))  # an arm named twice is one arm
+    return args
 
 
 def llmrec(*args) -> list[str]:

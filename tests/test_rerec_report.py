@@ -133,6 +133,7 @@ def test_experiment_ablation_arms_take_one_module_out_and_are_compared_with_both
     assert no_curr["--curriculum"] == "false" and "--reasoning_aware" not in no_curr and "--reward" not in no_curr
     assert (no_align["--w_qas"], no_align["--w_pas"]) == ("0", "0") and "--curriculum" not in no_align
     assert stages["eval_grpo_no_alignment_s1"][-1] == str(tmp_path / "eval" / "grpo_no_alignment_s1")
+    assert script.parse_args([*argv, "full"]).arms == ["full", "ndcg", "no_curriculum", "no_alignment"]
     with pytest.raises(SystemExit):  # an unknown arm is refused by argparse
         script.parse_args([*argv, "no_such_arm"])
 
