@@ -410,8 +410,11 @@ def _split_spans(text: str, start: int, end: int, protected: list[tuple[int, int
     return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
+WRONG_ITEM_RULES = ("any-non-target", "above-target")
+
+
 def reasoning_segments(text: Any, candidate_titles: Sequence[str], targets_idx: set[int],
-                       n_candidates: int) -> list[Segment]:
+                       n_candidates: int, wrong_item_rule: str = "any-non-target") -> list[Segment]:
     """Labelled char spans covering ``text`` in order, without gaps: sentences/lines, the box its own span.
 
     ``targets_idx`` are 0-based candidate indices of the targets (``candidates.index(t)``). Labels:
@@ -419,7 +422,10 @@ def reasoning_segments(text: Any, candidate_titles: Sequence[str], targets_idx: 
     - "ok": names no candidate, or names at least one target;
     - "wrong-item": names only non-target candidates, by number ("[3]", "item 3", "#3", "3." at a line
       start) or by title (case-insensitive; the shortest word prefix of 12+ characters that no other
-      candidate's title starts with; a trailing "(1995)" year ignored);
+      candidate's title starts with; a trailing "(1995)" year ignored). With ``wrong_item_rule=
+      "above-target"`` only when one of them is not placed below a target by the well-formed answer: a
+      sentence that explains the ranking's tail ("Candidates 4, 9 share part of the request, so they come
+      next") after the target was put first argues for no wrong item;
     - "unknown-item": names a number outside 1..n (and no target), or the box's numbers are out of range;
     - "format": the box when its answer is malformed (empty, unparseable, duplicate, or never closed).
 
@@ -428,12 +434,22 @@ def reasoning_segments(text: Any, candidate_titles: Sequence[str], targets_idx: 
     paraphrased or misspelt titles are not found; the text after the box is one more segment labelled
     like any other.
     """
+    if wrong_item_rule not in WRONG_ITEM_RULES:
+        raise LlmrecError(f"wrong_item_rule must be one of {WRONG_ITEM_RULES}, got {wrong_item_rule!r}")
     text = completion_text(text)
     if not text:
         return []
     titles = tuple(str(t) if t is not None else "" for t in (candidate_titles or []))
     targets = set(targets_idx or ())
     answer = parse_answer(text, n_candidates)
+    # Why "above-target" exists: with "any-non-target", every sentence about the ranking's tail of a correct
+    # answer is penalised, so in a group of good answers its tokens get a negative advantage and the policy
+    # learns to stop before the box or to repeat the target there (measured on Amazon Beauty, docs/training.md).
+    tail: set[int] = set()
+    if wrong_item_rule == "above-target" and answer.ok:
+        ranked_targets = [r for r, i in enumerate(answer.ranking) if i in targets]
+        if ranked_targets:
+            tail = set(answer.ranking[ranked_targets[0] + 1:])
     hits = _title_hits(text, titles)
     protected = [(a, b) for a, b, _ in hits]
     spans: list[tuple[int, int]] = []
@@ -457,7 +473,7 @@ def reasoning_segments(text: Any, candidate_titles: Sequence[str], targets_idx: 
             label = "ok"
         elif any(not 0 <= i < n_candidates for i in named):
             label = "unknown-item"
-        elif named:
+        elif named and not named <= tail:
             label = "wrong-item"
         else:
             label = "ok"

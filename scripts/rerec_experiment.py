@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 # GRPO arms: name -> (flags over the GRPO config, report label). The first two are the comparison; the
-# others each take one ReRec module out of "full" (or keep only its reward), to find which module helps or hurts.
+# next four each take one ReRec module out of "full" (or keep only its reward), to find which module helps or hurts.
 OFF = "false"
 ARMS = {
     "full": ([], "GRPO, full ReRec"),
@@ -43,6 +43,8 @@ ARMS = {
     "no_alignment": (["--w_qas", "0", "--w_pas", "0"], "GRPO, full without QAS/PAS"),
     "no_reasoning_aware": (["--reasoning_aware", OFF], "GRPO, full without reasoning-aware advantages"),
     "no_curriculum": (["--curriculum", OFF], "GRPO, full without curriculum"),
+    # not an ablation: full with the reasoning-aware rule that spares the ranking's tail (training/grpo_recipe.py)
+    "above_target": (["--wrong_item_rule", "above-target"], "GRPO, full, wrong item = above target"),
 }
 EVAL_KEYS = ("data", "item_meta", "cf_dir", "task_prompt", "n_candidates", "max_history")
 

@@ -242,6 +242,26 @@ def test_reasoning_segments_hand_made():
     assert [s.label for s in segs] == ["wrong-item", "ok"]
 
 
+def test_reasoning_segments_above_target_rule_spares_the_rankings_tail():
+    text = ("The user asks for Nail Tools: [1] Star Wars. It fits. "
+            "Candidates 3, 4 share part of the request, so they come next. "
+            "Item 5 would also do. \\boxed{1, 3, 4}")
+
+    def labels(t, targets, rule):
+        return [s.label for s in reasoning_segments(t, CANDS, targets, 5, wrong_item_rule=rule)]
+
+    assert labels(text, {0}, "any-non-target") == ["ok", "ok", "wrong-item", "wrong-item", "ok"]
+    # 3 and 4 come after the target: the tail's explanation is fine; 5 is not ranked, so still "wrong-item"
+    assert labels(text, {0}, "above-target") == ["ok", "ok", "ok", "wrong-item", "ok"]
+    # target 3 ranked second: "[1]", placed above it, argues for a wrong item ("Candidates 3, 4" names the target)
+    assert labels(text, {2}, "above-target") == ["wrong-item", "ok", "ok", "wrong-item", "ok"]
+    # the target not ranked, or a malformed box: nothing is below a target, so the rules agree
+    for t, targets in ((text, {4}), (text.replace("1, 3, 4}", "1, 3, 3}"), {0})):
+        assert labels(t, targets, "above-target") == labels(t, targets, "any-non-target")
+    with pytest.raises(LlmrecError, match="wrong_item_rule"):
+        reasoning_segments(text, CANDS, {0}, 5, wrong_item_rule="below")
+
+
 def test_reasoning_segments_box_labels():
     assert [s.label for s in reasoning_segments("Hmm. \\boxed{7}", CANDS, {0}, 5)] == ["ok", "unknown-item"]
     assert [s.label for s in reasoning_segments("Hmm. \\boxed{2, 2}", CANDS, {0}, 5)] == ["ok", "format"]

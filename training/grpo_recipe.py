@@ -8,6 +8,7 @@ when started again with the same ``output_dir``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,9 @@ class RerecArguments(CommonArguments):
     reasoning_aware: bool = field(default=True, metadata={"help": "token-level reasoning-aware advantages"})
     bad_segment_factor: float = field(default=0.5, metadata={
         "help": "reward factor for tokens of a reasoning segment that argues for a wrong or unknown item"})
+    wrong_item_rule: str = field(default="any-non-target", metadata={
+        "help": "which reasoning segments argue for a wrong item: 'any-non-target' (names only non-target "
+                "candidates) or 'above-target' (also names one the answer does not place below a target)"})
     curriculum: bool = field(default=True, metadata={"help": "online curriculum (easy to hard, trivial dropped)"})
     curriculum_drop_below: float = field(default=0.05, metadata={
         "help": "difficulty (1 - mean NDCG of the last pass) under which a task is dropped"})
@@ -65,6 +69,10 @@ class RerecArguments(CommonArguments):
         super().check()
         if self.reward not in ("full", "ndcg"):
             raise LlmrecError(f"reward must be 'full' or 'ndcg', got {self.reward!r}")
+        from llmrec.rewards.rerec import WRONG_ITEM_RULES
+
+        if self.wrong_item_rule not in WRONG_ITEM_RULES:
+            raise LlmrecError(f"wrong_item_rule must be one of {WRONG_ITEM_RULES}, got {self.wrong_item_rule!r}")
         if self.n_candidates < 2:
             raise LlmrecError(f"n_candidates must be >= 2, got {self.n_candidates}")
 
@@ -133,17 +141,19 @@ def rerec_setup(args: RerecArguments, grpo_config):
     full = args.reward == "full"
     options = {}
     if full and args.reasoning_aware:
-        options.update(segment_fn=rerec_segment_fn, bad_segment_factor=args.bad_segment_factor)
+        options.update(segment_fn=functools.partial(rerec_segment_fn, wrong_item_rule=args.wrong_item_rule),
+                       bad_segment_factor=args.bad_segment_factor)
     return tasks, funcs, options
 
 
-def rerec_segment_fn(text: str, example: dict):
+def rerec_segment_fn(text: str, example: dict, wrong_item_rule: str = "any-non-target"):
     from llmrec.rewards.rerec import reasoning_segments
 
     targets = set(example["targets"])
     target_idx = {i for i, c in enumerate(example["candidates"]) if c in targets}
     return [(s.start, s.end, s.label != "ok")
-            for s in reasoning_segments(text, example["candidate_titles"], target_idx, len(example["candidates"]))]
+            for s in reasoning_segments(text, example["candidate_titles"], target_idx, len(example["candidates"]),
+                                        wrong_item_rule=wrong_item_rule)]
 
 
 def bump_setup(args: BumpArguments, grpo_config):
