@@ -167,3 +167,18 @@ def test_experiment_stage_runs_under_the_lock_and_reports_failures(tmp_path):
            "done": tmp_path / "never"}
     with pytest.raises(SystemExit, match=r"stage bad failed \(exit 3.*\n.*no adapter here"):
         script.run_stage(bad, tmp_path, None)
+
+
+def test_bad_segment_shares_of_correct_answers_per_rule():
+    spec = importlib.util.spec_from_file_location("rerec_bad_segments", ROOT / "scripts" / "rerec_bad_segments.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cands = ["a", "b", "c", "d", "e"]
+    tasks = {"t1": {"candidates": cands, "candidate_titles": ["i1", "i2", "i3", "i4", "i5"], "targets": ["a"]}}
+    tail = "Candidates 3, 4 come next. "
+    right = "Pick [1]. " + tail + "\\boxed{1, 3, 4}"
+    wrong = "Pick [2]. \\boxed{2, 1}"  # a non-target first: not counted
+    n, shares = script.bad_shares([{"task_id": "t1", "completion": right}, {"task_id": "t1", "completion": wrong}],
+                                  tasks)
+    assert n == 1
+    assert shares == {"any-non-target": pytest.approx(len(tail) / len(right)), "above-target": 0.0}
