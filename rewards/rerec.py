@@ -443,8 +443,9 @@ def reasoning_segments(text: Any, candidate_titles: Sequence[str], targets_idx: 
     targets = set(targets_idx or ())
     answer = parse_answer(text, n_candidates)
     # Why "above-target" exists: with "any-non-target", every sentence about the ranking's tail of a correct
-    # answer is penalised, so in a group of good answers its tokens get a negative advantage and the policy
-    # learns to stop before the box or to repeat the target there (measured on Amazon Beauty, docs/training.md).
+    # answer is penalised, so in a group of good answers its tokens get a negative advantage. Whether that is
+    # what makes full ReRec stop before the box on Amazon Beauty is not shown: the above_target arm did worse
+    # there over 2 seeds (docs/training.md).
     tail: set[int] = set()
     if wrong_item_rule == "above-target" and answer.ok:
         ranked_targets = [r for r, i in enumerate(answer.ranking) if i in targets]

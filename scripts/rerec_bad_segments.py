@@ -26,7 +26,8 @@ def bad_shares(predictions: list[dict], tasks: dict[str, dict]) -> tuple[int, di
     for row in predictions:
         task = tasks[row["task_id"]]
         cands, text = task["candidates"], row["completion"]
-        targets = {i for i, c in enumerate(cands) if c in set(task["targets"])}
+        wanted = set(task["targets"])
+        targets = {i for i, c in enumerate(cands) if c in wanted}
         answer = parse_answer(text, len(cands))
         if not (answer.ok and answer.ranking and answer.ranking[0] in targets and text):
             continue
