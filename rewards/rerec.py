@@ -291,33 +291,41 @@ def pas_reward(prompts, completions, k: int = K, log_metric: Callable | None = N
     return _pas_scores(_parse_all(completions, kwargs), kwargs, k)
 
 
-def make_rerec_reward(k: int = K, w1: float = W1, w2: float = W2, format_weight: float = 1.0) -> Callable:
-    """The combined reward ``format_weight * format + ndcg@k + w1 * qas + w2 * pas`` (named "rerec_reward")."""
+def make_rerec_reward(k: int = K, w1: float = W1, w2: float = W2, format_weight: float = 1.0,
+                      alignment_k: int | None = None) -> Callable:
+    """The combined reward ``format_weight * format + ndcg@k + w1 * qas + w2 * pas`` (named "rerec_reward").
+
+    QAS and PAS average over the top ``alignment_k`` items (default ``k``); 1 scores the recommended item alone.
+    """
+    ak = k if alignment_k is None else alignment_k
 
     def rerec_reward(prompts, completions, log_metric: Callable | None = None, **kwargs) -> list[float]:
         texts = [completion_text(c) for c in completions]
         answers = _parse_all(texts, kwargs)
         _log_statuses(answers, texts, log_metric)
-        parts = (_format_scores(answers, texts), _ndcg_scores(answers, kwargs, k), _qas_scores(answers, kwargs, k),
-                 _pas_scores(answers, kwargs, k))
+        parts = (_format_scores(answers, texts), _ndcg_scores(answers, kwargs, k), _qas_scores(answers, kwargs, ak),
+                 _pas_scores(answers, kwargs, ak))
         return [format_weight * f + nd + w1 * q + w2 * p for f, nd, q, p in zip(*parts)]
 
-    rerec_reward.__doc__ = f"format x{format_weight:g} + NDCG@{k} + {w1:g} x QAS + {w2:g} x PAS (ReRec)."
+    rerec_reward.__doc__ = (f"format x{format_weight:g} + NDCG@{k} + {w1:g} x QAS@{ak} + {w2:g} x PAS@{ak} "
+                            "(ReRec).")
     return rerec_reward
 
 
 rerec_reward = make_rerec_reward()
 
 
-def make_component_rewards(k: int = K, log_with: str = "format") -> list[Callable]:
-    """[format, ndcg@k, qas, pas] as separate reward functions (for TRL's ``reward_weights``).
+def make_component_rewards(k: int = K, log_with: str = "format", alignment_k: int | None = None) -> list[Callable]:
+    """[format, ndcg@k, qas@alignment_k, pas@alignment_k] as separate reward functions (for TRL's
+    ``reward_weights``); ``alignment_k`` defaults to ``k``.
 
     ``log_with`` names the one that logs the answers' malformation shares (the format reward does; a run that
     uses NDCG alone passes "ndcg", so its malformed answers are counted too).
     """
 
     def named(fn: Callable, name: str) -> Callable:
-        f = functools.partial(fn, k=k) if name != "format" else fn
+        cut = k if name == "ndcg" or alignment_k is None else alignment_k
+        f = functools.partial(fn, k=cut) if name != "format" else fn
         logs = name == log_with and name != "format"  # format_reward logs by itself
 
         def reward(prompts, completions, **kwargs):

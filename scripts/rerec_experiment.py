@@ -45,6 +45,8 @@ ARMS = {
     "no_curriculum": (["--curriculum", OFF], "GRPO, full without curriculum"),
     # not an ablation: full with the reasoning-aware rule that spares the ranking's tail (training/grpo_recipe.py)
     "above_target": (["--wrong_item_rule", "above-target"], "GRPO, full, wrong item = above target"),
+    # not an ablation: full with QAS/PAS on the recommended item alone, as the issue words them (--alignment_k 1)
+    "top1_alignment": (["--alignment_k", "1"], "GRPO, full, QAS/PAS of top-1"),
 }
 EVAL_KEYS = ("data", "item_meta", "cf_dir", "task_prompt", "n_candidates", "max_history")
 
@@ -183,6 +185,7 @@ def report(args) -> Path:
         if a not in ("full", "ndcg"):
             comparisons += [(label["full"], label[a])] if "full" in label else []
             comparisons += [(label[a], label["ndcg"])] if "ndcg" in label else []
+            comparisons += [(label[a], "SFT warm start")] if "full" not in label else []  # else via full
     # The lenient row tells a better choice of item from a better-formed box.
     out = args.report or args.out
     write_report(policies, comparisons, out, metrics=("ndcg@10", "hr@1", "lenient/ndcg@10"),

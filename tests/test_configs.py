@@ -52,6 +52,18 @@ def test_flags_override_the_yaml():
     assert sft.max_steps == 3 and data.k == 5 and model.lora_r == 16 and model.use_peft
 
 
+def test_grpo_rerec_alignment_k_flag():
+    from llmrec.errors import LlmrecError
+    from llmrec.training.grpo_recipe import parse
+
+    cfg = str(configs_dir() / "grpo-rerec_ml100k.yaml")
+    assert parse(["--config", cfg], prog="llmrec train grpo-rerec")[0].alignment_k is None  # = ndcg_k
+    assert parse(["--config", cfg, "--alignment_k", "1"], prog="llmrec train grpo-rerec")[0].alignment_k == 1
+    bad = parse(["--config", cfg, "--alignment_k", "0"], prog="llmrec train grpo-rerec")[0]
+    with pytest.raises(LlmrecError, match="alignment_k must be at least 1"):
+        bad.check()  # run before any model loads
+
+
 def test_train_sft_end_to_end_from_the_cli(tiny_backbone, shared_data, tmp_path):
     """`llmrec data build-lamp` then `llmrec train sft` on real reviews, tiny model, 2 steps."""
     from llmrec.cli.main import main

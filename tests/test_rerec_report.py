@@ -151,6 +151,12 @@ def test_experiment_ablation_arms_take_one_module_out_and_are_compared_with_both
         (full, ndcg), (full, "SFT warm start"), (ndcg, "SFT warm start"),
         (full, "GRPO, full without curriculum"), ("GRPO, full without curriculum", ndcg),
         (full, "GRPO, full without QAS/PAS"), ("GRPO, full without QAS/PAS", ndcg)]
+    # a variant run without full ReRec is compared with the warm start
+    top1 = script.parse_args([*argv[:argv.index("--arms")], "--arms", "top1_alignment"])
+    assert flags({s["name"]: s["cmd"] for s in script.plan(top1)}["grpo_top1_alignment_s1"])["--alignment_k"] == "1"
+    script.report(top1)
+    assert seen["policies"]["GRPO, full, QAS/PAS of top-1"] == [tmp_path / "eval" / "grpo_top1_alignment_s1"]
+    assert seen["comparisons"] == [("GRPO, full, QAS/PAS of top-1", "SFT warm start")]
 
 
 def test_experiment_stage_runs_under_the_lock_and_reports_failures(tmp_path):
@@ -182,3 +188,21 @@ def test_bad_segment_shares_of_correct_answers_per_rule():
                                   tasks)
     assert n == 1
     assert shares == {"any-non-target": pytest.approx(len(tail) / len(right)), "above-target": 0.0}
+
+
+def test_reward_spread_of_target_first_answers_per_alignment_k():
+    import math
+    import random
+
+    spec = importlib.util.spec_from_file_location("rerec_reward_spread", ROOT / "scripts" / "rerec_reward_spread.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    task = {"candidates": ["a", "b", "c", "d", "e"], "targets": ["a"], "target_attributes": ["x", "y", "z"],
+            "candidate_attributes": [["x", "y", "z"], ["x", "y"], ["x"], [], []],
+            "candidate_pas": [1.0, 0.9, 0.6, 0.5, 0.4]}
+    sd, drop = script.spread(task, 1, random.Random(0), k=3)
+    assert sd == 0.0  # every answer puts the target first: same recommended item, same reward
+    # near miss "b" first, target second: NDCG 1 -> 1/log2(3), QAS 1 -> 2/3, PAS 1 -> 0.9
+    assert drop == pytest.approx((1 - 1 / math.log2(3)) + 0.5 * (1 / 3) + 0.5 * 0.1)
+    sd3, _ = script.spread(task, None, random.Random(0), k=3)
+    assert sd3 > 0.01  # the discounted top-3 mean reads the tail

@@ -164,6 +164,28 @@ def test_component_rewards_match_the_functions():
     assert call(fns[1], comps) == pytest.approx([1.0, D3])  # target at rank 1, then at rank 2 (k=2)
 
 
+def test_alignment_k_scores_the_top_items_only():
+    cattrs = [[] for _ in range(N)]
+    cattrs[4] = ["Crime", "Thriller", "brand:Acme"]  # number 5: the target
+    cattrs[0] = ["Crime"]  # number 1: shares 1 of 3
+    pas = [0.5] * N
+    pas[4], pas[0] = 1.0, 0.8
+    kw = {"candidate_attributes": [cattrs] * 2, "candidate_pas": [pas] * 2}
+    comps = ["r. \\boxed{5, 1, 2}", "r. \\boxed{5, 2, 1}"]  # same top item, different tails
+    top1 = make_component_rewards(k=10, alignment_k=1)
+    assert call(top1[1], comps) == pytest.approx([1.0, 1.0])  # NDCG keeps k=10
+    assert call(top1[2], comps, **kw) == pytest.approx([1.0, 1.0])  # the tail no longer counts
+    assert call(top1[3], comps, **kw) == pytest.approx([1.0, 1.0])
+    deep = make_component_rewards(k=10)  # default: the discounted top-10 mean, so the tail counts
+    w = [1.0, D3, 0.5]
+    assert call(deep[2], comps, **kw) == pytest.approx([(1 + D3 / 3) / sum(w), (1 + 0.5 / 3) / sum(w)])
+    assert call(deep[3], comps, **kw) == pytest.approx([(1 + 0.8 * D3 + 0.25) / sum(w),
+                                                        (1 + 0.5 * D3 + 0.4) / sum(w)])
+    full1 = make_rerec_reward(alignment_k=1)
+    assert call(full1, comps, **kw) == pytest.approx([1 + 1 + rerec.W1 + rerec.W2] * 2)
+    assert "QAS@1" in full1.__doc__
+
+
 def test_conversational_completions_score_like_strings():
     texts = ["Because. \\boxed{5, 2}", "no box", "\\boxed{1, 5}"]
     convo = [[{"role": "assistant", "content": t}] for t in texts]

@@ -52,6 +52,9 @@ class RerecArguments(CommonArguments):
     reward: str = field(default="full", metadata={
         "help": "full = format + NDCG@K + w_qas*QAS + w_pas*PAS; ndcg = NDCG@K only (plain GRPO baseline)"})
     ndcg_k: int = field(default=10, metadata={"help": "K of the NDCG reward"})
+    alignment_k: int | None = field(default=None, metadata={
+        "help": "QAS and PAS average over the answer's top alignment_k items, discounted as in NDCG (default: "
+                "ndcg_k); 1 scores the recommended item alone"})
     w_format: float = field(default=1.0, metadata={"help": "weight of the format reward"})
     w_qas: float = field(default=0.5, metadata={"help": "w1: weight of the Query Alignment Score (item-attribute KG)"})
     w_pas: float = field(default=0.5, metadata={"help": "w2: weight of the Preference Alignment Score (CF graph)"})
@@ -69,6 +72,9 @@ class RerecArguments(CommonArguments):
         super().check()
         if self.reward not in ("full", "ndcg"):
             raise LlmrecError(f"reward must be 'full' or 'ndcg', got {self.reward!r}")
+        for name in ("ndcg_k", "alignment_k"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise LlmrecError(f"{name} must be at least 1, got {getattr(self, name)}")
         from llmrec.rewards.rerec import WRONG_ITEM_RULES
 
         if self.wrong_item_rule not in WRONG_ITEM_RULES:
@@ -131,7 +137,7 @@ def rerec_setup(args: RerecArguments, grpo_config):
                                cf_dir=args.cf_dir, n_candidates=args.n_candidates, max_history=args.max_history,
                                seed=args.task_seed, max_tasks=args.max_train_tasks, template=args.task_prompt)
     format_r, ndcg_r, qas_r, pas_r = R.make_component_rewards(
-        k=args.ndcg_k, log_with="format" if args.reward == "full" else "ndcg")
+        k=args.ndcg_k, log_with="format" if args.reward == "full" else "ndcg", alignment_k=args.alignment_k)
     if args.reward == "full":
         funcs, weights = [format_r, ndcg_r, qas_r, pas_r], [args.w_format, 1.0, args.w_qas, args.w_pas]
     else:
