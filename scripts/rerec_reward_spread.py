@@ -20,28 +20,28 @@ import statistics
 import sys
 
 
-def full_reward(task: dict, ranking: list[int], alignment_k: int | None, k: int = 10,
-                weights: tuple[float, ...] = (1.0, 1.0, 0.5, 0.5)) -> float:
-    """The weighted full ReRec reward of a well-formed answer boxing ``ranking`` (0-based candidate indices)."""
-    from llmrec.rewards.rerec import make_component_rewards
-
-    columns = ("candidates", "targets", "target_attributes", "candidate_attributes", "candidate_pas")
-    kw = {c: [task[c]] for c in columns}
-    completion = ["Reasoning. \\boxed{" + ", ".join(str(i + 1) for i in ranking) + "}"]
-    parts = [f(None, completion, **kw)[0] for f in make_component_rewards(k=k, alignment_k=alignment_k)]
-    return sum(w * v for w, v in zip(weights, parts))
-
-
 def spread(task: dict, alignment_k: int | None, rng: random.Random, n_tails: int = 30,
            k: int = 10) -> tuple[float, float]:
-    """(sd of the reward over random tails after the target, mean of those minus the near-miss ranking's reward)."""
+    """(sd of the reward over random tails after the target, mean of those minus the near-miss ranking's reward).
+
+    The reward is ``make_rerec_reward``'s (format + NDCG@k + QAS + PAS at the default weights, the configs' too).
+    """
+    from llmrec.rewards.rerec import make_rerec_reward
+
+    reward_fn = make_rerec_reward(k=k, alignment_k=alignment_k)
+    kw = {c: [task[c]] for c in ("candidates", "targets", "target_attributes", "candidate_attributes",
+                                 "candidate_pas")}
+
+    def reward(ranking: list[int]) -> float:  # a well-formed answer boxing these 0-based candidate indices
+        return reward_fn(None, ["Reasoning. \\boxed{" + ", ".join(str(i + 1) for i in ranking) + "}"], **kw)[0]
+
     target = task["candidates"].index(task["targets"][0])
     others = [i for i in range(len(task["candidates"])) if i != target]
     wanted = set(task["target_attributes"])
-    rewards = [full_reward(task, [target, *rng.sample(others, k - 1)], alignment_k, k) for _ in range(n_tails)]
+    rewards = [reward([target, *rng.sample(others, k - 1)]) for _ in range(n_tails)]
     near = max(others, key=lambda i: (len(wanted & set(task["candidate_attributes"][i])), task["candidate_pas"][i]))
     rest = [i for i in others if i != near][: k - 2]
-    return statistics.pstdev(rewards), statistics.fmean(rewards) - full_reward(task, [near, target, *rest], alignment_k, k)
+    return statistics.pstdev(rewards), statistics.fmean(rewards) - reward([near, target, *rest])
 
 
 def main(argv=None) -> int:
