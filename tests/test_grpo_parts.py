@@ -124,6 +124,27 @@ def test_curriculum_state_round_trip_replays_the_pass_in_progress(tmp_path):
     assert b.next_order(4) == a.next_order(4)  # and continues exactly as the uninterrupted one
 
 
+def test_curriculum_keeps_trl_order_until_difficulty_separates_tasks():
+    from trl.trainer.grpo_trainer import RepeatSampler
+
+    n, g, bs = 8, 2, 2
+    trl = RepeatSampler(list(range(n)), mini_repeat_count=g, batch_size=bs, seed=5)
+    sched = CurriculumScheduler([f"t{i}" for i in range(n)], seed=5)
+    ours = CurriculumRepeatSampler(sched, n, mini_repeat_count=g, batch_size=bs)
+    # two passes with nothing observed: TRL's first and second epoch, prompt for prompt
+    assert list(ours) == list(trl)
+    assert list(ours) == list(trl)
+    # the third pass: t0 trivial (dropped), t1 easy (first), the rest unseen and tied, so in TRL's third order
+    sched = CurriculumScheduler([f"t{i}" for i in range(n)], seed=5)
+    trl = RepeatSampler(list(range(n)), mini_repeat_count=g, batch_size=bs, seed=5)
+    for _ in range(2):
+        sched.next_order(n)
+        list(trl)
+    sched.observe(["t0", "t1"], [1.0, 0.9])
+    third = torch.randperm(n, generator=trl.generator).tolist()
+    assert sched.next_order(n) == [1] + [i for i in third if i not in (0, 1)] + [1]
+
+
 def test_sampler_has_trl_repeat_sampler_layout():
     from trl.trainer.grpo_trainer import RepeatSampler
 

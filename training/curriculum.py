@@ -4,7 +4,9 @@ Difficulty of a task = 1 - the mean of a score (NDCG for ReRec) over its rollout
 the data. At the start of each pass the scheduler drops tasks that became trivial (difficulty below
 ``drop_below``, never shown again), orders the rest easy to hard (tasks not yet seen count as 0.5) and fills
 the pass back to its full length by cycling through that order, so the trainer's step count never changes.
-Every pass is written to ``curriculum.jsonl``.
+Tasks of equal difficulty (all of them in the first pass) keep the order TRL's own sampler would give that pass
+for the same seed, so a run with the curriculum and one without it see the same tasks in the same order until
+the curriculum first acts. Every pass is written to ``curriculum.jsonl``.
 
 TRL has no curriculum hook; the sampler mirrors TRL's ``RepeatSampler`` (same chunking and repetition, so
 prompt groups stay whole across processes) with the order supplied by the scheduler.
@@ -14,11 +16,11 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
 UNSEEN_DIFFICULTY = 0.5
@@ -58,17 +60,28 @@ class CurriculumScheduler:
         self._scores = {}
         newly = {k for k, d in self.difficulty.items() if d < self.drop_below and k not in self.dropped}
         self.dropped |= newly
-        keep = [i for i, k in enumerate(self.keys) if k not in self.dropped]
+        shuffled = self.trl_permutation()
+        keep = [i for i in shuffled if self.keys[i] not in self.dropped]
         reset = False
         if not keep:  # everything became trivial: better to keep practising than to stop
-            keep, reset = list(range(len(self.keys))), True
-        rng = random.Random(self.seed * 1000 + self.pass_no)
-        rng.shuffle(keep)  # random among equal difficulty (and the whole first pass)
+            keep, reset = shuffled, True
+        # a stable sort: ties, and the whole first pass, stay in TRL's order
         keep.sort(key=lambda i: self.difficulty.get(self.keys[i], UNSEEN_DIFFICULTY))
         order = [keep[j % len(keep)] for j in range(n)]
         self._log(keep, newly, reset)
         self._started(order)
         return order
+
+    def trl_permutation(self) -> list[int]:
+        """The shuffle TRL's ``RepeatSampler`` draws for this pass: one ``randperm`` per pass from a generator
+        seeded with the trainer's seed. Redrawn from the seed, so a resumed run gets it without saved state."""
+        # Why match TRL's sampler: task order alone moved Amazon Beauty results by as much as the modules under
+        # test (docs/training.md), so the curriculum ablation must not also change the order it starts from.
+        generator = torch.Generator()
+        generator.manual_seed(self.seed)
+        for _ in range(self.pass_no):
+            torch.randperm(len(self.keys), generator=generator)
+        return torch.randperm(len(self.keys), generator=generator).tolist()
 
     def _started(self, order: list[int]) -> None:
         self._in_progress = order
