@@ -135,11 +135,6 @@ def test_curriculum_keeps_trl_order_until_difficulty_separates_tasks():
     assert list(ours) == list(trl)
     assert list(ours) == list(trl)
     # the third pass: t0 trivial (dropped), t1 easy (first), the rest unseen and tied, so in TRL's third order
-    sched = CurriculumScheduler([f"t{i}" for i in range(n)], seed=5)
-    trl = RepeatSampler(list(range(n)), mini_repeat_count=g, batch_size=bs, seed=5)
-    for _ in range(2):
-        sched.next_order(n)
-        list(trl)
     sched.observe(["t0", "t1"], [1.0, 0.9])
     third = torch.randperm(n, generator=trl.generator).tolist()
     assert sched.next_order(n) == [1] + [i for i in third if i not in (0, 1)] + [1]
