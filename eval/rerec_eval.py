@@ -31,6 +31,11 @@ def score_completions(tasks: Sequence[dict], completions: Sequence[str], metrics
     result = {k: float(v) for k, v in evaluate_topk(topk, pos, metrics).metrics.items()}
     result.update({f"lenient/{k}": float(v) for k, v in evaluate_topk(lenient, pos, metrics).metrics.items()})
     result["format_valid"] = statuses["ok"] / len(tasks)
+    # What the reasoning chose vs what the box kept: a policy can name the target in its sentence and then box
+    # another item first or break the box; hr@1 alone cannot tell that from a wrong choice.
+    named = _reasoning_hits(tasks, completions)
+    result["reasoning/hr@1"] = float(named.mean())
+    result["reasoning/box_lost"] = float((named & (topk[:, 0] != pos)).mean())
     result["status"] = dict(statuses)
     result["tasks"] = len(tasks)
     return result
@@ -60,6 +65,17 @@ def _ranked_rows(tasks: Sequence[dict], completions: Sequence[str]):
 
 
 REFERENCES = ("random", "overlap")
+
+
+def _reasoning_hits(tasks: Sequence[dict], completions: Sequence[str]) -> np.ndarray:
+    """Per task, whether the first candidate the reasoning names (by number) is a target."""
+    from llmrec.rewards.rerec import first_named_candidate
+
+    hits = []
+    for task, text in zip(tasks, completions):
+        first = first_named_candidate(text, len(task["candidates"]))
+        hits.append(first is not None and task["candidates"][first] in task["targets"])
+    return np.array(hits, dtype=bool)
 
 
 def reference_completions(tasks: Sequence[dict], kind: str, seed: int = 0) -> list[str]:
@@ -195,8 +211,15 @@ def read_predictions(run: str | Path) -> list[dict]:
 
 
 def per_task_scores(predictions: Sequence[dict], metric: str = "ndcg@10", lenient: bool = False) -> dict[str, float]:
-    """One metric per task, keyed by task id, scored exactly as ``score_completions`` scores the mean."""
+    """One metric per task, keyed by task id, scored exactly as ``score_completions`` scores the mean.
+
+    ``reasoning/hr@1`` is whether the first candidate the reasoning names is a target (``lenient`` ignored).
+    """
     from llmrec.eval.ranking import evaluate_topk
+
+    if metric == "reasoning/hr@1":
+        hits = _reasoning_hits(predictions, [p["completion"] for p in predictions])
+        return {p["task_id"]: float(h) for p, h in zip(predictions, hits)}
 
     topk, lenient_rows, pos, _ = _ranked_rows(predictions, [p["completion"] for p in predictions])
     values = evaluate_topk(lenient_rows if lenient else topk, pos, metric).per_query[metric]

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-COLUMNS = ("hr@1", "hr@5", "ndcg@10", "mrr", "format_valid", "lenient/ndcg@10")
+# reasoning/*: the item the answer's reasoning names first, and how often the box then loses a target named there
+COLUMNS = ("hr@1", "hr@5", "ndcg@10", "mrr", "format_valid", "lenient/ndcg@10", "reasoning/hr@1",
+           "reasoning/box_lost")
 
 
 def scores(run: str | Path) -> dict:

@@ -418,6 +418,23 @@ def _split_spans(text: str, start: int, end: int, protected: list[tuple[int, int
     return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
+def first_named_candidate(text: Any, n_candidates: int) -> int | None:
+    """0-based index of the first candidate the reasoning (the text before the box) names by number, or None.
+
+    Numbers are read as ``reasoning_segments`` reads them ("[3]", "item 3", "#3", "3." at a line start), titles
+    are not; a first number outside 1..n gives None. Evaluation compares this choice with the box's first item:
+    a policy can pick the target in its sentence and still lose it in the box (docs/training.md).
+    """
+    text = completion_text(text)
+    answer = parse_answer(text, n_candidates)
+    end = answer.box_start if answer.box_start >= 0 else len(text)
+    m = _MENTION.search(text, 0, end)
+    if m is None:
+        return None
+    number = next(int(g) for g in m.groups() if g is not None)
+    return number - 1 if 1 <= number <= n_candidates else None
+
+
 WRONG_ITEM_RULES = ("any-non-target", "above-target")
 
 

@@ -43,6 +43,10 @@ ARMS = {
     "no_alignment": (["--w_qas", "0", "--w_pas", "0"], "GRPO, full without QAS/PAS"),
     "no_reasoning_aware": (["--reasoning_aware", OFF], "GRPO, full without reasoning-aware advantages"),
     "no_curriculum": (["--curriculum", OFF], "GRPO, full without curriculum"),
+    # the format term is what every ReRec-reward arm shares and NDCG-only lacks (Amazon Beauty, docs/training.md)
+    "format_ndcg": (["--w_qas", "0", "--w_pas", "0", "--reasoning_aware", OFF, "--curriculum", OFF],
+                    "GRPO, format + NDCG reward"),
+    "no_format": (["--w_format", "0"], "GRPO, full without the format term"),
     # not an ablation: full with the reasoning-aware rule that spares the ranking's tail (training/grpo_recipe.py)
     "above_target": (["--wrong_item_rule", "above-target"], "GRPO, full, wrong item = above target"),
     # not an ablation: full with QAS/PAS on the recommended item alone, as the issue words them (--alignment_k 1)
@@ -188,7 +192,7 @@ def report(args) -> Path:
             comparisons += [(label[a], "SFT warm start")] if "full" not in label else []  # else via full
     # The lenient row tells a better choice of item from a better-formed box.
     out = args.report or args.out
-    write_report(policies, comparisons, out, metrics=("ndcg@10", "hr@1", "lenient/ndcg@10"),
+    write_report(policies, comparisons, out, metrics=("ndcg@10", "hr@1", "lenient/ndcg@10", "reasoning/hr@1"),
                  title=f"ReRec: {Path(args.grpo_config).stem}, seeds {args.seeds}")
     return out / "report.md"
 

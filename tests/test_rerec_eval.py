@@ -39,6 +39,32 @@ def test_score_completions_hand_computed():
     assert dup["hr@1"] == 0.0 and dup["lenient/hr@1"] == 1.0 and dup["status"] == {"duplicate": 1}
 
 
+def test_reasoning_choice_is_scored_apart_from_the_box(tmp_path):
+    from llmrec.eval.rerec_eval import compare_runs
+    from llmrec.rewards.rerec import first_named_candidate
+
+    tasks = [_task(0), _task(2), _task(1), _task(3)]
+    completions = [
+        "The user asks for Drama: [1] Title 0. Candidates 3, 5 come next. \\boxed{1, 3, 5}",  # named and kept
+        "Item 3 fits best; item 1 next. \\boxed{1, 3}",  # names the target, boxes another first: lost
+        "Candidate 4 fits. \\boxed{2, 2}",  # names a wrong item (the duplicate box is a miss either way)
+        "[4] is it, [9] too. \\boxed{4, 4}",  # names the target, breaks the box: lost
+    ]
+    assert [first_named_candidate(c, 5) for c in completions] == [0, 2, 3, 3]
+    # numbers inside the box are not reasoning; an out-of-range first number names nothing
+    assert first_named_candidate("\\boxed{3, 1}", 5) is None
+    assert first_named_candidate("[7] then [3]. \\boxed{3}", 5) is None
+    r = score_completions(tasks, completions)
+    assert r["hr@1"] == pytest.approx(1 / 4)
+    assert r["reasoning/hr@1"] == pytest.approx(3 / 4)
+    assert r["reasoning/box_lost"] == pytest.approx(2 / 4)
+    a = _write_run(tmp_path / "a", tasks, completions)
+    b = _write_run(tmp_path / "b", tasks, ["\\boxed{1}"] * 4)  # no reasoning: names nothing
+    cmp = compare_runs([a], [b], metric="reasoning/hr@1")
+    assert cmp["a"]["mean"] == pytest.approx(3 / 4) and cmp["b"]["mean"] == 0.0
+    assert (cmp["paired"]["wins"], cmp["paired"]["losses"], cmp["paired"]["ties"]) == (3, 0, 1)
+
+
 def test_sft_answer_is_a_valid_reasoned_answer_with_the_target_first():
     from llmrec.rewards.rerec import format_reward, ndcg_reward, parse_answer
 
