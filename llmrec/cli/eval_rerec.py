@@ -60,5 +60,5 @@ def run(args) -> int:
     result = evaluate_rerec(model, tasks, adapter=args.adapter, engine=args.engine,
                             max_new_tokens=args.max_new_tokens, out=args.out, reference=args.reference)
     print(json.dumps({k: result[k] for k in ("tasks", "hr@1", "hr@5", "ndcg@10", "mrr", "format_valid", "lenient/hr@1",
-                                              "lenient/ndcg@10", "status")}))
+                                              "lenient/ndcg@10", "reasoning/hr@1", "status")}))
     return 0
