@@ -370,6 +370,11 @@ MIN_TITLE_KEY = 12  # a title is matched by its shortest distinctive word prefix
 MIN_TITLE_CHARS = 4  # shorter titles ("It") are never matched by title: too many false hits
 
 
+def _mentioned_number(m: re.Match) -> int:
+    """The candidate number a ``_MENTION`` match names (whichever of its alternatives matched)."""
+    return next(int(g) for g in m.groups() if g is not None)
+
+
 def _norm_title(title: str) -> str:
     t = re.sub(r"\s*\(\d{4}\)\s*$", "", title or "")  # "Toy Story (1995)" -> "Toy Story"
     return " ".join(t.lower().split())
@@ -431,7 +436,7 @@ def first_named_candidate(text: Any, n_candidates: int) -> int | None:
     m = _MENTION.search(text, 0, end)
     if m is None:
         return None
-    number = next(int(g) for g in m.groups() if g is not None)
+    number = _mentioned_number(m)
     return number - 1 if 1 <= number <= n_candidates else None
 
 
@@ -485,7 +490,7 @@ def reasoning_segments(text: Any, candidate_titles: Sequence[str], targets_idx: 
     else:
         spans = _split_spans(text, 0, len(text), protected)
     # A number inside a matched title ("Gloss Bar #1") names that title's item, not candidate 1.
-    mentions = [(m.start(), next(int(g) for g in m.groups() if g is not None)) for m in _MENTION.finditer(text)
+    mentions = [(m.start(), _mentioned_number(m)) for m in _MENTION.finditer(text)
                 if not any(a <= m.start() < b for a, b in protected)]
     segments = []
     for a, b in spans:
