@@ -47,6 +47,8 @@ ARMS = {
     "format_ndcg": (["--w_qas", "0", "--w_pas", "0", "--reasoning_aware", OFF, "--curriculum", OFF],
                     "GRPO, format + NDCG reward"),
     "no_format": (["--w_format", "0"], "GRPO, full without the format term"),
+    # not an ablation: full with format/QAS/PAS only where NDCG gives a group no spread (training/shaping_gate.py)
+    "fallback": (["--shaping", "fallback"], "GRPO, full, shaping as fallback"),
     # not an ablation: full with the reasoning-aware rule that spares the ranking's tail (training/grpo_recipe.py)
     "above_target": (["--wrong_item_rule", "above-target"], "GRPO, full, wrong item = above target"),
     # not an ablation: full with QAS/PAS on the recommended item alone, as the issue words them (--alignment_k 1)

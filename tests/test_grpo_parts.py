@@ -1,4 +1,5 @@
-"""The pieces llmrec adds to TRL's GRPO: reasoning-aware token advantages and the online curriculum."""
+"""The pieces llmrec adds to TRL's GRPO: reasoning-aware token advantages, the online curriculum and the shaping
+gate."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from llmrec.training.reasoning_advantages import (
     penalised,
     token_advantages,
 )
+from llmrec.training.shaping_gate import gate_shaping
 
 
 def _grpo(rewards, g):
@@ -55,6 +57,31 @@ def test_token_advantages_pick_per_token():
     adv = token_advantages(torch.tensor([1.0, -1.0]), torch.tensor([0.25, -2.0]),
                            torch.tensor([[False, True, False], [True, True, False]]))
     assert adv.tolist() == [[1.0, 0.25, 1.0], [-2.0, -2.0, -1.0]]
+
+
+def test_shaping_gate_keeps_shaping_only_where_ndcg_is_flat():
+    # columns: format, ndcg, qas; groups of 2 rollouts
+    nan = float("nan")
+    rpf = torch.tensor([
+        [1.0, 1.0, 0.6], [1.0, 0.0, 0.4],    # NDCG separates: shaping zeroed
+        [1.0, 0.0, 0.3], [0.0, 0.0, 0.0],    # NDCG flat (both miss): shaping kept
+        [1.0, 0.5, 0.2], [nan, 0.5, nan],    # flat with a NaN elsewhere: kept, NaN stays NaN
+        [0.5, nan, 0.1], [1.0, 0.25, 0.9],   # one scored NDCG: no spread, kept
+    ])
+    gated, share = gate_shaping(rpf, anchor_col=1, num_generations=2)
+    expected = rpf.clone()
+    expected[0:2, [0, 2]] = 0.0
+    assert torch.equal(torch.nan_to_num(gated, nan=-1.0), torch.nan_to_num(expected, nan=-1.0))
+    assert share == 0.25
+    # the summed reward of the gated group is NDCG alone: the rollout that missed the target now earns nothing
+    weights = torch.tensor([1.0, 1.0, 0.5])
+    assert (gated[:2] * weights).nansum(1).tolist() == [1.0, 0.0]
+    assert (rpf[:2] * weights).nansum(1).tolist() == pytest.approx([2.3, 1.2])
+
+
+def test_shaping_gate_checks_the_group_layout():
+    with pytest.raises(ValueError, match="groups of 4"):
+        gate_shaping(torch.zeros(6, 3), 1, 4)
 
 
 class _CharTokenizer:

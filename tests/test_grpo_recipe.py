@@ -74,6 +74,54 @@ def test_plain_grpo_baseline_uses_ndcg_only(tiny_backbone, ml100k_tasks_file, tm
     assert "reasoning/bad_token_share" not in logged and not (out / "curriculum.jsonl").exists()
 
 
+def test_shaping_fallback_gates_the_shaping_rewards(tiny_backbone, ml100k_tasks_file, tmp_path):
+    from llmrec.cli.main import main
+
+    out = tmp_path / "fallback"
+    flags = _flags(tiny_backbone, ml100k_tasks_file, out, steps=1,
+                   extra=["--shaping", "fallback", "--curriculum", "false", "--reasoning_aware", "false"])
+    assert main(["train", "grpo-rerec", *flags]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    gated = [r["rerec/shaping_gated"] for r in records if "rerec/shaping_gated" in r]
+    assert gated and all(0.0 <= g <= 1.0 for g in gated)
+    assert json.loads((out / "llmrec_train.json").read_text())["llmrec"]["shaping"] == "fallback"
+
+
+def test_trainer_hands_trl_the_gated_rewards(tiny_backbone, ml100k_tasks_file, tmp_path):
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig
+
+    from llmrec.rewards.rerec import make_component_rewards
+    from llmrec.training.grpo_trainer import LlmrecGRPOTrainer
+    from llmrec.training.rerec_tasks import read_tasks_jsonl
+
+    tasks = read_tasks_jsonl(ml100k_tasks_file)[:2]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    config = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                        max_completion_length=8, report_to=[], reward_weights=[1.0, 1.0, 0.5, 0.5], use_cpu=True)
+    trainer = LlmrecGRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_backbone), reward_funcs=make_component_rewards(),
+        args=config, train_dataset=datasets.Dataset.from_list(tasks), processing_class=tokenizer,
+        shaping_anchor="ndcg")
+
+    def number(task, hit):
+        return next(i + 1 for i, c in enumerate(task["candidates"]) if (c in task["targets"]) == hit)
+
+    # task 0: one rollout ranks the target first, one does not (NDCG separates them); task 1: both miss
+    completions = [f"The first fits. \\boxed{{{number(tasks[0], True)}}}",
+                   f"The first fits. \\boxed{{{number(tasks[0], False)}}}",
+                   f"The first fits. \\boxed{{{number(tasks[1], False)}}}", "no box"]
+    inputs = [tasks[0], tasks[0], tasks[1], tasks[1]]
+    rpf = trainer._calculate_rewards(inputs, [t["prompt"] for t in inputs], completions, [[0]] * 4)
+    assert trainer.reward_func_names == ["format", "ndcg", "qas", "pas"]
+    assert rpf[0].tolist() == [0.0, 1.0, 0.0, 0.0] and rpf[1].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert rpf[2, 0].item() == 1.0 and rpf[3].tolist() == [0.0, 0.0, 0.0, 0.0]  # flat group: format kept
+    mode = "train" if trainer.model.training else "eval"
+    assert trainer._metrics[mode]["rerec/shaping_gated"] == [0.5]
+
+
 def test_resume_after_kill_loses_no_step(tiny_backbone, ml100k_tasks_file, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "llmrec.cli.main", "train", "grpo-rerec",

@@ -64,6 +64,9 @@ class RerecArguments(CommonArguments):
     wrong_item_rule: str = field(default="any-non-target", metadata={
         "help": "which reasoning segments argue for a wrong item: 'any-non-target' (names only non-target "
                 "candidates) or 'above-target' (also names one the answer does not place below a target)"})
+    shaping: str = field(default="always", metadata={
+        "help": "when format, QAS and PAS count: 'always' (ReRec) or 'fallback' (only in the groups where NDCG is "
+                "flat, every rollout equally right or wrong; llmrec.training.shaping_gate)"})
     curriculum: bool = field(default=True, metadata={"help": "online curriculum (easy to hard, trivial dropped)"})
     curriculum_drop_below: float = field(default=0.05, metadata={
         "help": "difficulty (1 - mean NDCG of the last pass) under which a task is dropped"})
@@ -79,6 +82,8 @@ class RerecArguments(CommonArguments):
 
         if self.wrong_item_rule not in WRONG_ITEM_RULES:
             raise LlmrecError(f"wrong_item_rule must be one of {WRONG_ITEM_RULES}, got {self.wrong_item_rule!r}")
+        if self.shaping not in ("always", "fallback"):
+            raise LlmrecError(f"shaping must be 'always' or 'fallback', got {self.shaping!r}")
         if self.n_candidates < 2:
             raise LlmrecError(f"n_candidates must be >= 2, got {self.n_candidates}")
 
@@ -145,7 +150,7 @@ def rerec_setup(args: RerecArguments, grpo_config):
     if grpo_config.reward_weights is None:
         grpo_config.reward_weights = weights
     full = args.reward == "full"
-    options = {}
+    options = {"shaping_anchor": "ndcg"} if full and args.shaping == "fallback" else {}
     if full and args.reasoning_aware:
         options.update(segment_fn=functools.partial(rerec_segment_fn, wrong_item_rule=args.wrong_item_rule),
                        bad_segment_factor=args.bad_segment_factor)

@@ -1,5 +1,5 @@
-"""TRL's ``GRPOTrainer`` plus the two things ReRec needs from it: reasoning-aware token advantages and an
-online curriculum. Everything else (generation, rewards, loss, PEFT, accelerate, checkpoints) is TRL's.
+"""TRL's ``GRPOTrainer`` plus what ReRec needs from it: reasoning-aware token advantages, an online curriculum
+and, as an option, shaping rewards gated to the groups where the ranking reward is flat. Everything else (generation, rewards, loss, PEFT, accelerate, checkpoints) is TRL's.
 
 Hooks used (TRL 1.x): ``_calculate_rewards`` (to see the gathered per-function rewards), the output of
 ``_generate_and_score_completions`` (``advantages`` may be (B, T): TRL's loss accepts token-level
@@ -22,6 +22,7 @@ from llmrec.training.reasoning_advantages import (
     group_token_advantages,
     token_advantages,
 )
+from llmrec.training.shaping_gate import gate_shaping
 
 
 def completion_text(completion) -> str:
@@ -34,13 +35,14 @@ def completion_text(completion) -> str:
 class LlmrecGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, segment_fn: SegmentFn | None = None, bad_segment_factor: float = 0.5,
                  curriculum: CurriculumScheduler | None = None, curriculum_reward: str = "ndcg",
-                 curriculum_key: str = "task_id", **kwargs):
+                 curriculum_key: str = "task_id", shaping_anchor: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.segment_fn = segment_fn
         self.bad_segment_factor = bad_segment_factor
         self.curriculum = curriculum
         self.curriculum_reward = curriculum_reward
         self.curriculum_key = curriculum_key
+        self.shaping_anchor = shaping_anchor
         if segment_fn is not None:
             if self.scale_rewards == "batch" or self.multi_objective_aggregation != "sum_then_normalize":
                 raise ValueError("reasoning-aware advantages are group-normalised: use scale_rewards 'group' or "
@@ -49,6 +51,9 @@ class LlmrecGRPOTrainer(GRPOTrainer):
                 raise ValueError(f"bad_segment_factor must be in [0, 1], got {bad_segment_factor}")
         if curriculum is not None and curriculum_reward not in self.reward_func_names:
             raise ValueError(f"curriculum_reward {curriculum_reward!r} is not one of the reward functions "
+                             f"{self.reward_func_names}")
+        if shaping_anchor is not None and shaping_anchor not in self.reward_func_names:
+            raise ValueError(f"shaping_anchor {shaping_anchor!r} is not one of the reward functions "
                              f"{self.reward_func_names}")
         self._last_scored = None
 
@@ -64,6 +69,12 @@ class LlmrecGRPOTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self.shaping_anchor is not None:
+            mode = "train" if self.model.training else "eval"
+            group = self.num_generations if mode == "train" else self.num_generations_eval
+            rewards_per_func, gated = gate_shaping(
+                rewards_per_func, self.reward_func_names.index(self.shaping_anchor), group)
+            self._metrics[mode]["rerec/shaping_gated"].append(gated)
         self._last_scored = (inputs, completions)
         if self.curriculum is not None and self.model.training:
             keys = gather_object([str(x[self.curriculum_key]) for x in inputs])
