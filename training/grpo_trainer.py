@@ -1,5 +1,6 @@
 """TRL's ``GRPOTrainer`` plus what ReRec needs from it: reasoning-aware token advantages, an online curriculum
-and, as an option, shaping rewards gated to the groups where the ranking reward is flat. Everything else (generation, rewards, loss, PEFT, accelerate, checkpoints) is TRL's.
+and, as an option, shaping rewards gated to the groups where the ranking reward is flat. Everything else
+(generation, rewards, loss, PEFT, accelerate, checkpoints) is TRL's.
 
 Hooks used (TRL 1.x): ``_calculate_rewards`` (to see the gathered per-function rewards), the output of
 ``_generate_and_score_completions`` (``advantages`` may be (B, T): TRL's loss accepts token-level
