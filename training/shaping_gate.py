@@ -28,7 +28,7 @@ def gate_shaping(rewards_per_func: torch.Tensor, anchor_col: int, num_generation
     anchor = grouped[:, :, anchor_col]
     hi = torch.where(torch.isnan(anchor), -torch.inf, anchor).amax(dim=1)
     lo = torch.where(torch.isnan(anchor), torch.inf, anchor).amin(dim=1)
-    spread = (hi - lo) > tol  # a group with fewer than two scored rows has hi < lo: no spread
+    spread = (hi - lo) > tol  # one scored row: hi == lo; none: hi - lo is -inf; either way no spread
     others = torch.ones(n_funcs, dtype=torch.bool, device=rewards_per_func.device)
     others[anchor_col] = False
     zero = spread[:, None, None] & others[None, None, :] & ~torch.isnan(grouped)

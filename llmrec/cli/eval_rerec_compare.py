@@ -24,8 +24,8 @@ def register(sub) -> None:
                                                "Wilcoxon)", description=DESCRIPTION)
     p.add_argument("--a", nargs="+", required=True, metavar="RUN", help="evaluation folder(s) of policy A")
     p.add_argument("--b", nargs="+", required=True, metavar="RUN", help="evaluation folder(s) of policy B")
-    p.add_argument("--metric", default="ndcg@10", help="hr@K, ndcg@K, mrr, or reasoning/hr@1 (is the first candidate the "
-                   "reasoning names a target) (default: %(default)s)")
+    p.add_argument("--metric", default="ndcg@10", help="hr@K, ndcg@K, mrr, or reasoning/hr@1 (is the first "
+                   "candidate the reasoning names a target) (default: %(default)s)")
     p.add_argument("--lenient", action="store_true",
                    help="also read boxes with repeated or out-of-range numbers (the lenient/ figures)")
     p.add_argument("--out", default=None, help="also write the result to this JSON file")
