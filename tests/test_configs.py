@@ -64,6 +64,17 @@ def test_grpo_rerec_alignment_k_flag():
         bad.check()  # run before any model loads
 
 
+def test_grpo_rerec_refuses_fallback_shaping_without_shaping_terms():
+    from llmrec.errors import LlmrecError
+    from llmrec.training.grpo_recipe import parse
+
+    cfg = str(configs_dir() / "grpo-rerec_ml100k.yaml")
+    parse(["--config", cfg, "--shaping", "fallback"], prog="llmrec train grpo-rerec")[0].check()
+    bad = parse(["--config", cfg, "--shaping", "fallback", "--reward", "ndcg"], prog="llmrec train grpo-rerec")[0]
+    with pytest.raises(LlmrecError, match="--reward ndcg has none"):
+        bad.check()
+
+
 def test_train_sft_end_to_end_from_the_cli(tiny_backbone, shared_data, tmp_path):
     """`llmrec data build-lamp` then `llmrec train sft` on real reviews, tiny model, 2 steps."""
     from llmrec.cli.main import main

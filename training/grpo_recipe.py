@@ -84,6 +84,10 @@ class RerecArguments(CommonArguments):
             raise LlmrecError(f"wrong_item_rule must be one of {WRONG_ITEM_RULES}, got {self.wrong_item_rule!r}")
         if self.shaping not in ("always", "fallback"):
             raise LlmrecError(f"shaping must be 'always' or 'fallback', got {self.shaping!r}")
+        if self.shaping == "fallback" and self.reward == "ndcg":
+            # With NDCG alone there is no shaping term to gate: refuse rather than run plain GRPO under this name.
+            raise LlmrecError("shaping 'fallback' gates the format/QAS/PAS terms of --reward full; "
+                              "--reward ndcg has none (drop --shaping fallback or use --reward full)")
         if self.n_candidates < 2:
             raise LlmrecError(f"n_candidates must be >= 2, got {self.n_candidates}")
 
