@@ -26,8 +26,8 @@ fi
 pip="$VENV/bin/python -m pip"
 
 # Large wheels (triton, pulled by vLLM's xgrammar, is 286 MB) sometimes stop mid-download on a shared
-# registry link; a CI run then died on a network blip, not on the code. Each install is retried whole
-# (pip keeps what it finished), and pip itself resumes a cut download more times than its default.
+# registry link; a CI run then died on a network blip, not on the code. Each install is retried whole,
+# and pip itself resumes a cut download more times than its default (5).
 PIP_ATTEMPTS=${LLMREC_PIP_ATTEMPTS:-4}
 pip_install() {
   local attempt=1
