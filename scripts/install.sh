@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${LLMREC_VENV:-.venv}
 EXTRA=${LLMREC_EXTRA:-cpu}
+PIP_ATTEMPTS=${LLMREC_PIP_ATTEMPTS:-4}
+# A non-number would make the give-up test below error out as false, i.e. retry forever.
+[[ "$PIP_ATTEMPTS" =~ ^[1-9][0-9]*$ ]] \
+  || { echo "LLMREC_PIP_ATTEMPTS must be a positive integer, got '$PIP_ATTEMPTS'" >&2; exit 1; }
 extras="$EXTRA"
 if [ "${1:-}" = "dev" ]; then extras="$extras,dev"; fi
 
@@ -28,7 +32,6 @@ pip="$VENV/bin/python -m pip"
 # Large wheels (triton, pulled by vLLM's xgrammar, is 286 MB) sometimes stop mid-download on a shared
 # registry link; a CI run then died on a network blip, not on the code. Each install is retried whole,
 # and pip itself resumes a cut download more times than its default (5).
-PIP_ATTEMPTS=${LLMREC_PIP_ATTEMPTS:-4}
 pip_install() {
   local attempt=1
   until $pip install -q "$@"; do
