@@ -441,10 +441,12 @@ def first_named_candidate(text: Any, n_candidates: int) -> int | None:
 
 
 WRONG_ITEM_RULES = ("any-non-target", "above-target")
+BOX_RULES = ("format", "top-item")
 
 
 def reasoning_segments(text: Any, candidate_titles: Sequence[str], targets_idx: set[int],
-                       n_candidates: int, wrong_item_rule: str = "any-non-target") -> list[Segment]:
+                       n_candidates: int, wrong_item_rule: str = "any-non-target",
+                       box_rule: str = "format") -> list[Segment]:
     """Labelled char spans covering ``text`` in order, without gaps: sentences/lines, the box its own span.
 
     ``targets_idx`` are 0-based candidate indices of the targets (``candidates.index(t)``). Labels:
@@ -457,7 +459,9 @@ def reasoning_segments(text: Any, candidate_titles: Sequence[str], targets_idx: 
       sentence that explains the ranking's tail ("Candidates 4, 9 share part of the request, so they come
       next") after the target was put first argues for no wrong item;
     - "unknown-item": names a number outside 1..n (and no target), or the box's numbers are out of range;
-    - "format": the box when its answer is malformed (empty, unparseable, duplicate, or never closed).
+    - "format": the box when its answer is malformed (empty, unparseable, duplicate, or never closed);
+    - the box when well formed: "ok" with ``box_rule="format"``; with ``"top-item"`` the box argues for its
+      first item like any sentence, so it is "wrong-item" when that item is not a target.
 
     Limits: mentions are found lexically, not understood: "item 5 does not fit" is still "wrong-item";
     a numbered step list ("1. First, ...") reads as naming candidate 1; titles shorter than 4 characters,
@@ -466,6 +470,8 @@ def reasoning_segments(text: Any, candidate_titles: Sequence[str], targets_idx: 
     """
     if wrong_item_rule not in WRONG_ITEM_RULES:
         raise LlmrecError(f"wrong_item_rule must be one of {WRONG_ITEM_RULES}, got {wrong_item_rule!r}")
+    if box_rule not in BOX_RULES:
+        raise LlmrecError(f"box_rule must be one of {BOX_RULES}, got {box_rule!r}")
     text = completion_text(text)
     if not text:
         return []
@@ -496,6 +502,11 @@ def reasoning_segments(text: Any, candidate_titles: Sequence[str], targets_idx: 
     for a, b in spans:
         if box and (a, b) == box:
             label = "ok" if answer.ok else "unknown-item" if answer.status == "out-of-range" else "format"
+            # Why "top-item" exists: a policy can name the target in its reasoning and put another item first in
+            # the box (`reasoning/box_lost`, 10 of 48 users on Amazon Beauty). Under "format" that answer's right
+            # reasoning and wrong box share one advantage; "top-item" puts the blame on the box's tokens.
+            if answer.ok and box_rule == "top-item" and answer.ranking[0] not in targets:
+                label = "wrong-item"
             segments.append(Segment(a, b, label))
             continue
         named = {x - 1 for s, x in mentions if a <= s < b}

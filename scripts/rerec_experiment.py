@@ -53,6 +53,8 @@ ARMS = {
     "above_target": (["--wrong_item_rule", "above-target"], "GRPO, full, wrong item = above target"),
     # not an ablation: full with QAS/PAS on the recommended item alone, as the issue words them (--alignment_k 1)
     "top1_alignment": (["--alignment_k", "1"], "GRPO, full, QAS/PAS of top-1"),
+    # not an ablation: full with the box judged by its first item, like a sentence (--box_rule top-item)
+    "box_top": (["--box_rule", "top-item"], "GRPO, full, box judged by its top item"),
 }
 EVAL_KEYS = ("data", "item_meta", "cf_dir", "task_prompt", "n_candidates", "max_history")
 

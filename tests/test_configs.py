@@ -64,6 +64,23 @@ def test_grpo_rerec_alignment_k_flag():
         bad.check()  # run before any model loads
 
 
+def test_grpo_rerec_box_rule_reaches_the_segmenter():
+    from llmrec.errors import LlmrecError
+    from llmrec.training.grpo_recipe import parse, rerec_segment_fn
+
+    cfg = str(configs_dir() / "grpo-rerec_ml100k.yaml")
+    args = parse(["--config", cfg, "--box_rule", "top-item"], prog="llmrec train grpo-rerec")[0]
+    args.check()
+    assert args.box_rule == "top-item"
+    assert parse(["--config", cfg], prog="llmrec train grpo-rerec")[0].box_rule == "format"
+    with pytest.raises(LlmrecError, match="box_rule must be one of"):
+        parse(["--config", cfg, "--box_rule", "first"], prog="llmrec train grpo-rerec")[0].check()
+    example = {"targets": ["b"], "candidates": ["a", "b", "c"], "candidate_titles": ["A", "B", "C"]}
+    text = "Item 2 fits. \\boxed{1, 2, 3}"
+    assert [bad for _, _, bad in rerec_segment_fn(text, example)] == [False, False]
+    assert [bad for _, _, bad in rerec_segment_fn(text, example, box_rule="top-item")] == [False, True]
+
+
 def test_grpo_rerec_refuses_fallback_shaping_without_shaping_terms():
     from llmrec.errors import LlmrecError
     from llmrec.training.grpo_recipe import parse

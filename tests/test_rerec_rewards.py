@@ -284,6 +284,24 @@ def test_reasoning_segments_above_target_rule_spares_the_rankings_tail():
         reasoning_segments(text, CANDS, {0}, 5, wrong_item_rule="below")
 
 
+def test_reasoning_segments_top_item_box_rule_blames_a_box_that_puts_a_non_target_first():
+    right_reasoning = "The user asks for Nail Tools: [1] Star Wars. "
+
+    def labels(box, targets, rule):
+        return [s.label for s in reasoning_segments(right_reasoning + box, CANDS, targets, 5, box_rule=rule)]
+
+    # the reasoning names the target, the box puts item 3 first: only "top-item" blames the box
+    assert labels("\\boxed{3, 1, 4}", {0}, "format") == ["ok", "ok"]
+    assert labels("\\boxed{3, 1, 4}", {0}, "top-item") == ["ok", "wrong-item"]
+    assert labels("\\boxed{1, 3, 4}", {0}, "top-item") == ["ok", "ok"]
+    assert labels("\\boxed{3, 1, 4}", {0, 2}, "top-item") == ["ok", "ok"]  # any target first will do
+    # malformed boxes keep their own labels under both rules
+    assert labels("\\boxed{3, 3}", {0}, "top-item") == ["ok", "format"]
+    assert labels("\\boxed{9}", {0}, "top-item") == ["ok", "unknown-item"]
+    with pytest.raises(LlmrecError, match="box_rule"):
+        reasoning_segments(right_reasoning, CANDS, {0}, 5, box_rule="first")
+
+
 def test_reasoning_segments_box_labels():
     assert [s.label for s in reasoning_segments("Hmm. \\boxed{7}", CANDS, {0}, 5)] == ["ok", "unknown-item"]
     assert [s.label for s in reasoning_segments("Hmm. \\boxed{2, 2}", CANDS, {0}, 5)] == ["ok", "format"]

@@ -64,6 +64,9 @@ class RerecArguments(CommonArguments):
     wrong_item_rule: str = field(default="any-non-target", metadata={
         "help": "which reasoning segments argue for a wrong item: 'any-non-target' (names only non-target "
                 "candidates) or 'above-target' (also names one the answer does not place below a target)"})
+    box_rule: str = field(default="format", metadata={
+        "help": "when the answer's box is a bad segment: 'format' (only when malformed) or 'top-item' (also when "
+                "well formed and its first item is not a target: the box argues for that item)"})
     shaping: str = field(default="always", metadata={
         "help": "when format, QAS and PAS count: 'always' (ReRec) or 'fallback' (only in the groups where NDCG is "
                 "flat, every rollout equally right or wrong; llmrec.training.shaping_gate)"})
@@ -78,10 +81,12 @@ class RerecArguments(CommonArguments):
         for name in ("ndcg_k", "alignment_k"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise LlmrecError(f"{name} must be at least 1, got {getattr(self, name)}")
-        from llmrec.rewards.rerec import WRONG_ITEM_RULES
+        from llmrec.rewards.rerec import BOX_RULES, WRONG_ITEM_RULES
 
         if self.wrong_item_rule not in WRONG_ITEM_RULES:
             raise LlmrecError(f"wrong_item_rule must be one of {WRONG_ITEM_RULES}, got {self.wrong_item_rule!r}")
+        if self.box_rule not in BOX_RULES:
+            raise LlmrecError(f"box_rule must be one of {BOX_RULES}, got {self.box_rule!r}")
         if self.shaping not in ("always", "fallback"):
             raise LlmrecError(f"shaping must be 'always' or 'fallback', got {self.shaping!r}")
         if self.shaping == "fallback" and self.reward == "ndcg":
@@ -156,19 +161,20 @@ def rerec_setup(args: RerecArguments, grpo_config):
     full = args.reward == "full"
     options = {"shaping_anchor": "ndcg"} if full and args.shaping == "fallback" else {}
     if full and args.reasoning_aware:
-        options.update(segment_fn=functools.partial(rerec_segment_fn, wrong_item_rule=args.wrong_item_rule),
+        options.update(segment_fn=functools.partial(rerec_segment_fn, wrong_item_rule=args.wrong_item_rule,
+                                                    box_rule=args.box_rule),
                        bad_segment_factor=args.bad_segment_factor)
     return tasks, funcs, options
 
 
-def rerec_segment_fn(text: str, example: dict, wrong_item_rule: str = "any-non-target"):
+def rerec_segment_fn(text: str, example: dict, wrong_item_rule: str = "any-non-target", box_rule: str = "format"):
     from llmrec.rewards.rerec import reasoning_segments
 
     targets = set(example["targets"])
     target_idx = {i for i, c in enumerate(example["candidates"]) if c in targets}
     return [(s.start, s.end, s.label != "ok")
             for s in reasoning_segments(text, example["candidate_titles"], target_idx, len(example["candidates"]),
-                                        wrong_item_rule=wrong_item_rule)]
+                                        wrong_item_rule=wrong_item_rule, box_rule=box_rule)]
 
 
 def bump_setup(args: BumpArguments, grpo_config):
