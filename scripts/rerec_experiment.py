@@ -55,6 +55,10 @@ ARMS = {
     "top1_alignment": (["--alignment_k", "1"], "GRPO, full, QAS/PAS of top-1"),
     # not an ablation: full with the box judged by its first item, like a sentence (--box_rule top-item)
     "box_top": (["--box_rule", "top-item"], "GRPO, full, box judged by its top item"),
+    # not an ablation: box_top, and bad segments penalised in advantage space, so a zero-reward answer's malformed
+    # box takes more blame than its reasoning (--bad_segment_penalty advantage)
+    "box_blame": (["--box_rule", "top-item", "--bad_segment_penalty", "advantage"],
+                  "GRPO, full, blame on the box"),
 }
 EVAL_KEYS = ("data", "item_meta", "cf_dir", "task_prompt", "n_candidates", "max_history")
 

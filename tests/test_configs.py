@@ -73,6 +73,8 @@ def test_grpo_rerec_box_rule_reaches_the_segmenter():
     args.check()
     assert args.box_rule == "top-item"
     assert parse(["--config", cfg], prog="llmrec train grpo-rerec")[0].box_rule == "format"
+    with pytest.raises(LlmrecError, match="bad_segment_penalty must be one of"):
+        parse(["--config", cfg, "--bad_segment_penalty", "tokens"], prog="llmrec train grpo-rerec")[0].check()
     with pytest.raises(LlmrecError, match="box_rule must be one of"):
         parse(["--config", cfg, "--box_rule", "first"], prog="llmrec train grpo-rerec")[0].check()
     example = {"targets": ["b"], "candidates": ["a", "b", "c"], "candidate_titles": ["A", "B", "C"]}

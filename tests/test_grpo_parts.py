@@ -44,6 +44,20 @@ def test_hand_computed_group_with_a_bad_half():
     assert bad[0] < good[0]  # the bad segment's tokens are pushed up less
 
 
+def test_advantage_space_blames_the_bad_tokens_of_a_zero_reward_rollout():
+    # a hit (2), a malformed answer (0, its box bad), two valid misses (1, 1); factor 0.5
+    rewards, share = torch.tensor([2.0, 0.0, 1.0, 1.0]), torch.tensor([0.0, 0.2, 0.0, 0.0])
+    std = math.sqrt((1 + 1 + 0 + 0) / 3) + 1e-4  # mean 1, unbiased
+    good, bad = group_token_advantages(rewards, share, 4, factor=0.5, space="advantage")
+    assert good.tolist() == pytest.approx([1 / std, -1 / std, 0.0, 0.0], abs=1e-6)  # GRPO's advantages
+    assert bad.tolist() == pytest.approx([0.5 / std, -1.5 / std, 0.0, 0.0], abs=1e-6)  # A - 0.5|A|
+    # in reward space the zero reward cannot be scaled: its box and its reasoning get one advantage
+    good_r, bad_r = group_token_advantages(rewards, share, 4, factor=0.5)
+    assert bad_r[1].item() == pytest.approx(good_r[1].item())
+    with pytest.raises(ValueError, match="space must be one of"):
+        group_token_advantages(rewards, share, 4, factor=0.5, space="tokens")
+
+
 def test_penalty_moves_negative_rewards_down_too():
     assert penalised(torch.tensor([2.0, -2.0, 0.0]), 0.25).tolist() == [0.5, -3.5, 0.0]
 

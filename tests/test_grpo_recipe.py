@@ -87,6 +87,30 @@ def test_shaping_fallback_gates_the_shaping_rewards(tiny_backbone, ml100k_tasks_
     assert json.loads((out / "llmrec_train.json").read_text())["llmrec"]["shaping"] == "fallback"
 
 
+def test_box_blame_options_reach_the_trainer(tiny_backbone, ml100k_tasks_file, tmp_path, monkeypatch):
+    from llmrec.cli.main import main
+    from llmrec.training import grpo_trainer
+
+    seen = {}
+
+    class Spy(grpo_trainer.LlmrecGRPOTrainer):
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(grpo_trainer, "LlmrecGRPOTrainer", Spy)
+    out = tmp_path / "blame"
+    flags = _flags(tiny_backbone, ml100k_tasks_file, out, steps=1,
+                   extra=["--bad_segment_penalty", "advantage", "--box_rule", "top-item", "--curriculum", "false"])
+    assert main(["train", "grpo-rerec", *flags]) == 0
+    assert seen["bad_segment_penalty"] == "advantage"
+    assert seen["segment_fn"].keywords["box_rule"] == "top-item"
+    meta = json.loads((out / "llmrec_train.json").read_text())["llmrec"]
+    assert meta["bad_segment_penalty"] == "advantage" and meta["box_rule"] == "top-item"
+    logged = {k for line in (out / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)}
+    assert "reasoning/bad_token_share" in logged
+
+
 def test_trainer_hands_trl_the_gated_rewards(tiny_backbone, ml100k_tasks_file, tmp_path):
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -64,6 +64,10 @@ class RerecArguments(CommonArguments):
     wrong_item_rule: str = field(default="any-non-target", metadata={
         "help": "which reasoning segments argue for a wrong item: 'any-non-target' (names only non-target "
                 "candidates) or 'above-target' (also names one the answer does not place below a target)"})
+    bad_segment_penalty: str = field(default="reward", metadata={
+        "help": "where a bad segment's tokens pay: 'reward' (they earn R - (1-f)|R|, then advantages are "
+                "group-normalised) or 'advantage' (GRPO's advantage A, and A - (1-f)|A| for them: a zero-reward "
+                "answer's malformed box then takes more blame than its reasoning)"})
     box_rule: str = field(default="format", metadata={
         "help": "when the answer's box is a bad segment: 'format' (only when malformed) or 'top-item' (also when "
                 "well formed and its first item is not a target: the box argues for that item)"})
@@ -82,9 +86,12 @@ class RerecArguments(CommonArguments):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise LlmrecError(f"{name} must be at least 1, got {getattr(self, name)}")
         from llmrec.rewards.rerec import BOX_RULES, WRONG_ITEM_RULES
+        from llmrec.training.reasoning_advantages import PENALTY_SPACES
 
         if self.wrong_item_rule not in WRONG_ITEM_RULES:
             raise LlmrecError(f"wrong_item_rule must be one of {WRONG_ITEM_RULES}, got {self.wrong_item_rule!r}")
+        if self.bad_segment_penalty not in PENALTY_SPACES:
+            raise LlmrecError(f"bad_segment_penalty must be one of {PENALTY_SPACES}, got {self.bad_segment_penalty!r}")
         if self.box_rule not in BOX_RULES:
             raise LlmrecError(f"box_rule must be one of {BOX_RULES}, got {self.box_rule!r}")
         if self.shaping not in ("always", "fallback"):
@@ -163,7 +170,7 @@ def rerec_setup(args: RerecArguments, grpo_config):
     if full and args.reasoning_aware:
         options.update(segment_fn=functools.partial(rerec_segment_fn, wrong_item_rule=args.wrong_item_rule,
                                                     box_rule=args.box_rule),
-                       bad_segment_factor=args.bad_segment_factor)
+                       bad_segment_factor=args.bad_segment_factor, bad_segment_penalty=args.bad_segment_penalty)
     return tasks, funcs, options
 
 

@@ -18,6 +18,7 @@ from trl import GRPOTrainer
 
 from llmrec.training.curriculum import CurriculumRepeatSampler, CurriculumScheduler
 from llmrec.training.reasoning_advantages import (
+    PENALTY_SPACES,
     SegmentFn,
     bad_token_mask,
     group_token_advantages,
@@ -35,11 +36,13 @@ def completion_text(completion) -> str:
 
 class LlmrecGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, segment_fn: SegmentFn | None = None, bad_segment_factor: float = 0.5,
+                 bad_segment_penalty: str = "reward",
                  curriculum: CurriculumScheduler | None = None, curriculum_reward: str = "ndcg",
                  curriculum_key: str = "task_id", shaping_anchor: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.segment_fn = segment_fn
         self.bad_segment_factor = bad_segment_factor
+        self.bad_segment_penalty = bad_segment_penalty
         self.curriculum = curriculum
         self.curriculum_reward = curriculum_reward
         self.curriculum_key = curriculum_key
@@ -50,6 +53,8 @@ class LlmrecGRPOTrainer(GRPOTrainer):
                                  "'none' and multi_objective_aggregation 'sum_then_normalize'")
             if not 0.0 <= bad_segment_factor <= 1.0:
                 raise ValueError(f"bad_segment_factor must be in [0, 1], got {bad_segment_factor}")
+            if bad_segment_penalty not in PENALTY_SPACES:
+                raise ValueError(f"bad_segment_penalty must be one of {PENALTY_SPACES}, got {bad_segment_penalty!r}")
         if curriculum is not None and curriculum_reward not in self.reward_func_names:
             raise ValueError(f"curriculum_reward {curriculum_reward!r} is not one of the reward functions "
                              f"{self.reward_func_names}")
@@ -119,7 +124,7 @@ class LlmrecGRPOTrainer(GRPOTrainer):
         rewards[torch.isnan(rpf).all(dim=1)] = torch.nan
         good_adv, bad_adv = group_token_advantages(
             rewards, all_share.to(rewards.device), self.num_generations, self.bad_segment_factor,
-            scale=self.scale_rewards != "none")
+            scale=self.scale_rewards != "none", space=self.bad_segment_penalty)
         n = len(local_inputs)
         local = slice(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n)
         output["advantages"] = token_advantages(good_adv[local], bad_adv[local], bad).to(output["advantages"].dtype)

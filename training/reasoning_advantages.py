@@ -45,13 +45,28 @@ def penalised(rewards: torch.Tensor, factor: float) -> torch.Tensor:
     return rewards - (1.0 - factor) * rewards.abs()
 
 
+PENALTY_SPACES = ("reward", "advantage")
+
+
 def group_token_advantages(rewards: torch.Tensor, bad_share: torch.Tensor, num_generations: int, factor: float,
-                           scale: bool = True, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+                           scale: bool = True, eps: float = 1e-4,
+                           space: str = "reward") -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages of the good and of the bad tokens of each rollout, normalised over its group.
 
     ``rewards`` and ``bad_share`` (share of a rollout's completion tokens that are bad) are flat, grouped by
     ``num_generations`` consecutive rollouts, as in TRL. NaN rewards (unscorable rollouts) get 0.
+
+    ``space="reward"`` scales the bad tokens' reward (module docstring). ``space="advantage"`` takes GRPO's
+    group-relative advantage ``A`` of the rollout and gives its bad tokens ``A - (1 - factor) * |A|``: less credit
+    in a rollout that did better than its group, more blame in one that did worse. Why both: a rollout whose
+    reward is 0 (every malformed answer) cannot be scaled down in reward space, so there its malformed box and
+    its sound reasoning share one advantage; in advantage space the box takes more of the blame.
     """
+    if space not in PENALTY_SPACES:
+        raise ValueError(f"space must be one of {PENALTY_SPACES}, got {space!r}")
+    if space == "advantage":
+        adv = group_advantages(rewards, num_generations, scale=scale, eps=eps)
+        return adv, penalised(adv, factor)
     r = rewards.view(-1, num_generations)
     b = bad_share.view(-1, num_generations).clamp(0, 1)
     rb = penalised(r, factor)
@@ -68,6 +83,14 @@ def group_token_advantages(rewards: torch.Tensor, bad_share: torch.Tensor, num_g
         good, bad = good / (std + eps), bad / (std + eps)
     good, bad = good * w, bad * w
     return good.flatten(), bad.flatten()
+
+
+def group_advantages(rewards: torch.Tensor, num_generations: int, scale: bool = True,
+                     eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's group-relative advantages (TRL's: mean over the group, unbiased std), NaN rewards left out and
+    given 0."""
+    zeros = torch.zeros_like(rewards)
+    return group_token_advantages(rewards, zeros, num_generations, factor=1.0, scale=scale, eps=eps)[0]
 
 
 def token_advantages(good: torch.Tensor, bad: torch.Tensor, bad_mask: torch.Tensor) -> torch.Tensor:
