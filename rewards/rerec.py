@@ -503,8 +503,8 @@ def reasoning_segments(text: Any, candidate_titles: Sequence[str], targets_idx: 
         if box and (a, b) == box:
             label = "ok" if answer.ok else "unknown-item" if answer.status == "out-of-range" else "format"
             # Why "top-item" exists: a policy can name the target in its reasoning and put another item first in
-            # the box (`reasoning/box_lost`, 10 of 48 users on Amazon Beauty). Under "format" that answer's right
-            # reasoning and wrong box share one advantage; "top-item" puts the blame on the box's tokens.
+            # the box (2 of full ReRec's 11 lost boxes on Amazon Beauty seed 0; the rest are malformed). Under
+            # "format" that answer's right reasoning and wrong box share one advantage; "top-item" blames the box.
             if answer.ok and box_rule == "top-item" and answer.ranking[0] not in targets:
                 label = "wrong-item"
             segments.append(Segment(a, b, label))
