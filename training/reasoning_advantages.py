@@ -5,6 +5,8 @@ segment (it argues for a wrong item, names an item that is not a candidate, or b
 a reduced reward ``R - (1 - factor) * |R|`` instead of the completion's reward ``R``; the other tokens earn
 ``R``. Advantages are then normalised over the rollout group, each completion weighing as one rollout
 (its tokens share its weight), so with no bad segment this is exactly GRPO's group-relative advantage.
+That is the default (``space="reward"``); ``space="advantage"`` penalises GRPO's advantage instead
+(``group_token_advantages``).
 
 The group statistics need only each rollout's reward and its share of bad tokens, so multi-process runs
 gather two numbers per rollout, not token arrays.
