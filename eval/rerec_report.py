@@ -16,6 +16,8 @@ import numpy as np
 # reasoning/*: the item the answer's reasoning names first, and how often the box then loses a target named there
 COLUMNS = ("hr@1", "hr@5", "ndcg@10", "mrr", "format_valid", "lenient/ndcg@10", "reasoning/hr@1",
            "reasoning/box_lost")
+# What GRPO logs per step about its sampled rollouts (metrics.jsonl of `llmrec train grpo-rerec`)
+TRAINING_COLUMNS = {"rewards/ndcg/mean": "rollout NDCG@10", "rerec/format_valid": "rollout valid boxes"}
 
 
 def scores(run: str | Path) -> dict:
@@ -74,12 +76,76 @@ def plot_summary(summary: Mapping[str, dict], png: str | Path,
     return Path(png)
 
 
+def training_curves(runs: Sequence[str | Path], columns: Sequence[str] = tuple(TRAINING_COLUMNS)) -> dict:
+    """Per column, the per-step value of each training run (rows: runs, one per seed; NaN past a run's last
+    step or where a step did not log the column), read from each run's ``metrics.jsonl``."""
+    per_run = []
+    for run in runs:
+        steps: dict[int, dict] = {}
+        for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            if "step" in row and any(c in row for c in columns):  # the final summary line logs no rollout figures
+                steps[int(row["step"])] = row
+        per_run.append(steps)
+    n = max((max(s) for s in per_run if s), default=0)
+    return {c: np.array([[float(s[i][c]) if i in s and c in s[i] else np.nan for i in range(1, n + 1)]
+                         for s in per_run]) for c in columns}
+
+
+def plot_training(training: Mapping[str, Sequence[str | Path]], png: str | Path, smooth: int = 4) -> Path:
+    """One panel per ``TRAINING_COLUMNS`` entry: per arm, the mean over seeds at each step (thin) and its
+    ``smooth``-step moving average (thick). With 8 rollouts a step the raw curve mostly shows sampling noise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TRAINING_COLUMNS), figsize=(5.2 * len(TRAINING_COLUMNS), 3.4), squeeze=False)
+    for name, runs in training.items():
+        curves = training_curves(runs)
+        label = f"{name} ({len(runs)} seed{'s' if len(runs) != 1 else ''})"
+        for ax, (col, title) in zip(axes[0], TRAINING_COLUMNS.items()):
+            mean = np.nanmean(curves[col], axis=0)
+            steps = np.arange(1, len(mean) + 1)
+            (line,) = ax.plot(steps, mean, lw=0.8, alpha=0.45)
+            if len(mean) >= smooth:
+                ma = np.convolve(mean, np.ones(smooth) / smooth, mode="valid")
+                ax.plot(steps[smooth - 1:], ma, lw=2, color=line.get_color(), label=label)
+            else:
+                line.set_label(label)
+            ax.set_title(f"{title} (training tasks, sampled)")
+            ax.set_xlabel("GRPO step")
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return Path(png)
+
+
+def training_table(training: Mapping[str, Sequence[str | Path]]) -> str:
+    """Markdown: per arm, each ``TRAINING_COLUMNS`` entry averaged over the first and the last quarter of the
+    steps (and the seeds)."""
+    lines = ["| arm | steps | " + " | ".join(f"{t}, first / last quarter" for t in TRAINING_COLUMNS.values()) + " |",
+             "|---|---|" + "---|" * len(TRAINING_COLUMNS)]
+    for name, runs in training.items():
+        curves = training_curves(runs)
+        n = next(iter(curves.values())).shape[1]
+        q = max(1, n // 4)
+        cells = [f"{np.nanmean(c[:, :q]):.3f} / {np.nanmean(c[:, n - q:]):.3f}" for c in curves.values()]
+        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(policies: Mapping[str, Sequence[str | Path]], comparisons: Sequence[tuple[str, str]], out: str | Path,
-                 metrics: Sequence[str] = ("ndcg@10", "hr@1"), title: str = "ReRec comparison") -> dict:
+                 metrics: Sequence[str] = ("ndcg@10", "hr@1"), title: str = "ReRec comparison",
+                 training: Mapping[str, Sequence[str | Path]] | None = None) -> dict:
     """``report.md``, ``report.json`` and ``report.png`` in ``out``: the summary table over seeds and, for
     each ``(A, B)`` in ``comparisons``, the paired test per metric (``compare_runs``, seeds averaged per task).
     A metric written ``lenient/ndcg@10`` also reads boxes with repeated or out-of-range numbers (those dropped,
-    the rest in order), as ``score_completions``' lenient figures do."""
+    the rest in order), as ``score_completions``' lenient figures do. ``training`` (arm -> GRPO output folders,
+    one per seed) adds the rollouts' NDCG and valid-box share per step: a table and ``training.png``."""
     from llmrec.eval.rerec_eval import compare_runs
 
     out = Path(out)
@@ -100,6 +166,12 @@ def write_report(policies: Mapping[str, Sequence[str | Path]], comparisons: Sequ
         lo, hi = p["ci95"]
         lines.append(f"| {p['a']} | {p['b']} | {p['metric']} | {p['mean_diff']:+.3f} | {lo:+.3f}..{hi:+.3f} | "
                      f"{p['wilcoxon_p']:.3g} | {p['wins']} / {p['losses']} / {p['ties']} |")
+    if training:
+        # Sampled rollouts on each arm's own training tasks: with the curriculum on, an arm sees its tasks in
+        # another order (easy first from the second pass), so read these as how each run trained, not as a test.
+        lines += ["", "GRPO rollouts on the training tasks (sampled; mean over seeds), `training.png`:", "",
+                  training_table(training)]
+        plot_training(training, out / "training.png")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     result = {"summary": summary, "paired": paired}
     (out / "report.json").write_text(json.dumps(result, indent=2))

@@ -9,7 +9,8 @@ held-out users next to the non-LLM references, then a table over seeds, paired t
 
 Each stage is one `llmrec` command whose log goes to OUT/logs/. A stage whose output is already there is skipped,
 so a run killed in the middle (or a session that ended) goes on where it stopped, and seeds can be added later.
-Layout: OUT/sft, OUT/grpo_{ARM}_s{seed}, OUT/eval/{random,overlap,sft,grpo_ARM_s{seed}}, OUT/report.*.
+Layout: OUT/sft, OUT/grpo_{ARM}_s{seed}, OUT/eval/{random,overlap,sft,grpo_ARM_s{seed}}, OUT/report.* (with
+training.png: each arm's rollout NDCG and valid boxes per GRPO step).
 --arms adds ablations of full ReRec to the same run (finished arms are reused): e.g. `--arms full ndcg
 no_reasoning_aware no_curriculum` trains two more arms per seed, each with one module off.
 The evaluation reads data, item_meta, cf_dir and task_prompt from the GRPO config, so all stages see one task set.
@@ -200,8 +201,10 @@ def report(args) -> Path:
             comparisons += [(label[a], "SFT warm start")] if "full" not in label else []  # else via full
     # The lenient row tells a better choice of item from a better-formed box.
     out = args.report or args.out
+    training = {label[a]: [args.out / f"grpo_{a}_s{s}" for s in args.seeds] for a in arms}
+    training = {k: v for k, v in training.items() if all((r / "metrics.jsonl").exists() for r in v)}
     write_report(policies, comparisons, out, metrics=("ndcg@10", "hr@1", "lenient/ndcg@10", "reasoning/hr@1"),
-                 title=f"ReRec: {Path(args.grpo_config).stem}, seeds {args.seeds}")
+                 title=f"ReRec: {Path(args.grpo_config).stem}, seeds {args.seeds}", training=training)
     return out / "report.md"
 
 

@@ -61,6 +61,37 @@ def test_report_lenient_metric_reads_boxes_the_strict_one_rejects(tmp_path):
     assert "| dup | base | lenient/hr@1 | +0.500 |" in (tmp_path / "report" / "report.md").read_text()
 
 
+def _grpo_run(folder, ndcg, valid):
+    """A GRPO output folder whose metrics.jsonl logs these per-step rollout figures, then TRL's summary line."""
+    folder.mkdir(parents=True)
+    rows = [{"step": i + 1, "loss": 0.1, "rewards/ndcg/mean": n, "rerec/format_valid": v}
+            for i, (n, v) in enumerate(zip(ndcg, valid))]
+    rows.append({"step": len(ndcg), "train_runtime": 12.0})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_report_training_curves_average_seeds_per_step_and_quarters(tmp_path):
+    base = _run(tmp_path / "base", ["\\boxed{2}", "\\boxed{1, 2}", "\\boxed{3}", "\\boxed{5}"])
+    s0 = _grpo_run(tmp_path / "g0", [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0], [0.5] * 8)
+    s1 = _grpo_run(tmp_path / "g1", [0.2, 0.2, 0.2, 0.2, 0.2, 0.2], [0.0, 1.0, 0.0, 1.0, 0.0, 1.0])  # 6 steps
+    from llmrec.eval.rerec_report import training_curves, training_table
+
+    curves = training_curves([s0, s1])
+    assert curves["rewards/ndcg/mean"].shape == (2, 8)  # the summary line (no rollout figures) is not a step
+    assert curves["rewards/ndcg/mean"][0, 5] == pytest.approx(1.0)
+    assert math.isnan(curves["rewards/ndcg/mean"][1, 6])  # seed 1 stopped at step 6
+    # quarters of 8 steps: steps 1-2 and 7-8; seed 1 has no steps 7-8, so the last quarter is seed 0's
+    table = training_table({"arm": [s0, s1]})
+    assert "| arm | 8 | 0.150 / 1.000 | 0.500 / 0.500 |" in table
+    write_report({"base": [base]}, [], tmp_path / "report", training={"arm": [s0, s1]})
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "GRPO rollouts on the training tasks" in md and "| arm | 8 | 0.150 / 1.000 |" in md
+    assert (tmp_path / "report" / "training.png").stat().st_size > 10_000
+    write_report({"base": [base]}, [], tmp_path / "plain")  # no training folders: no section, no chart
+    assert not (tmp_path / "plain" / "training.png").exists()
+
+
 def _script():
     spec = importlib.util.spec_from_file_location("rerec_experiment", ROOT / "scripts" / "rerec_experiment.py")
     module = importlib.util.module_from_spec(spec)
