@@ -79,33 +79,33 @@ def plot_summary(summary: Mapping[str, dict], png: str | Path,
 def training_curves(runs: Sequence[str | Path], columns: Sequence[str] = tuple(TRAINING_COLUMNS)) -> dict:
     """Per column, the per-step value of each training run (rows: runs, one per seed; NaN past a run's last
     step or where a step did not log the column), read from each run's ``metrics.jsonl``."""
+    from llmrec.training.metrics_log import read_metrics
+
     per_run = []
     for run in runs:
-        steps: dict[int, dict] = {}
-        for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            if "step" in row and any(c in row for c in columns):  # the final summary line logs no rollout figures
-                steps[int(row["step"])] = row
-        per_run.append(steps)
+        # the final summary line logs no rollout figures
+        per_run.append({int(r["step"]): r for r in read_metrics(Path(run) / "metrics.jsonl")
+                        if "step" in r and any(c in r for c in columns)})
     n = max((max(s) for s in per_run if s), default=0)
     return {c: np.array([[float(s[i][c]) if i in s and c in s[i] else np.nan for i in range(1, n + 1)]
                          for s in per_run]) for c in columns}
 
 
-def plot_training(training: Mapping[str, Sequence[str | Path]], png: str | Path, smooth: int = 4) -> Path:
-    """One panel per ``TRAINING_COLUMNS`` entry: per arm, the mean over seeds at each step (thin) and its
-    ``smooth``-step moving average (thick). With 8 rollouts a step the raw curve mostly shows sampling noise."""
+def plot_training(curves: Mapping[str, dict], png: str | Path, smooth: int = 4) -> Path:
+    """One panel per ``TRAINING_COLUMNS`` entry: per arm (its ``training_curves``), the mean over seeds at each
+    step (thin) and its ``smooth``-step moving average (thick). With 8 rollouts a step the raw curve mostly shows
+    sampling noise."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(TRAINING_COLUMNS), figsize=(5.2 * len(TRAINING_COLUMNS), 3.4), squeeze=False)
-    for name, runs in training.items():
-        curves = training_curves(runs)
-        label = f"{name} ({len(runs)} seed{'s' if len(runs) != 1 else ''})"
+    for name, arm in curves.items():
+        seeds = next(iter(arm.values())).shape[0]
+        label = f"{name} ({seeds} seed{'s' if seeds != 1 else ''})"
         for ax, (col, title) in zip(axes[0], TRAINING_COLUMNS.items()):
-            mean = np.nanmean(curves[col], axis=0)
+            mean = np.nanmean(arm[col], axis=0)
             steps = np.arange(1, len(mean) + 1)
             (line,) = ax.plot(steps, mean, lw=0.8, alpha=0.45)
             if len(mean) >= smooth:
@@ -124,16 +124,15 @@ def plot_training(training: Mapping[str, Sequence[str | Path]], png: str | Path,
     return Path(png)
 
 
-def training_table(training: Mapping[str, Sequence[str | Path]]) -> str:
-    """Markdown: per arm, each ``TRAINING_COLUMNS`` entry averaged over the first and the last quarter of the
-    steps (and the seeds)."""
+def training_table(curves: Mapping[str, dict]) -> str:
+    """Markdown: per arm (its ``training_curves``), each ``TRAINING_COLUMNS`` entry averaged over the first and
+    the last quarter of the steps (and the seeds)."""
     lines = ["| arm | steps | " + " | ".join(f"{t}, first / last quarter" for t in TRAINING_COLUMNS.values()) + " |",
              "|---|---|" + "---|" * len(TRAINING_COLUMNS)]
-    for name, runs in training.items():
-        curves = training_curves(runs)
-        n = next(iter(curves.values())).shape[1]
+    for name, arm in curves.items():
+        n = next(iter(arm.values())).shape[1]
         q = max(1, n // 4)
-        cells = [f"{np.nanmean(c[:, :q]):.3f} / {np.nanmean(c[:, n - q:]):.3f}" for c in curves.values()]
+        cells = [f"{np.nanmean(c[:, :q]):.3f} / {np.nanmean(c[:, n - q:]):.3f}" for c in arm.values()]
         lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -169,9 +168,10 @@ def write_report(policies: Mapping[str, Sequence[str | Path]], comparisons: Sequ
     if training:
         # Sampled rollouts on each arm's own training tasks: with the curriculum on, an arm sees its tasks in
         # another order (easy first from the second pass), so read these as how each run trained, not as a test.
+        curves = {name: training_curves(runs) for name, runs in training.items()}  # each metrics.jsonl read once
         lines += ["", "GRPO rollouts on the training tasks (sampled; mean over seeds), `training.png`:", "",
-                  training_table(training)]
-        plot_training(training, out / "training.png")
+                  training_table(curves)]
+        plot_training(curves, out / "training.png")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     result = {"summary": summary, "paired": paired}
     (out / "report.json").write_text(json.dumps(result, indent=2))

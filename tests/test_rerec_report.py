@@ -82,7 +82,7 @@ def test_report_training_curves_average_seeds_per_step_and_quarters(tmp_path):
     assert curves["rewards/ndcg/mean"][0, 5] == pytest.approx(1.0)
     assert math.isnan(curves["rewards/ndcg/mean"][1, 6])  # seed 1 stopped at step 6
     # quarters of 8 steps: steps 1-2 and 7-8; seed 1 has no steps 7-8, so the last quarter is seed 0's
-    table = training_table({"arm": [s0, s1]})
+    table = training_table({"arm": curves})
     assert "| arm | 8 | 0.150 / 1.000 | 0.500 / 0.500 |" in table
     write_report({"base": [base]}, [], tmp_path / "report", training={"arm": [s0, s1]})
     md = (tmp_path / "report" / "report.md").read_text()
