@@ -109,7 +109,9 @@ def generate_hf(model_path, tasks: Sequence[dict], adapter: str | None = None, m
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(adapter or model_path)
+    # A training run saves its tokenizer (chat template included) beside the adapter; a bare adapter uses the base's.
+    has_tok = adapter and (Path(adapter) / "tokenizer_config.json").exists()
+    tok = AutoTokenizer.from_pretrained(adapter if has_tok else model_path)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -131,8 +133,11 @@ def generate_hf(model_path, tasks: Sequence[dict], adapter: str | None = None, m
 
 
 def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None, max_new_tokens: int = 160,
-                  concurrency: int = 16, max_model_len: int = 2048) -> list[str]:
-    """Greedy answers from a vLLM server started for the purpose (the adapter served as LoRA ``policy``)."""
+                  concurrency: int = 16, max_model_len: int = 2048, server_args: Sequence[str] = ()) -> list[str]:
+    """Greedy answers from a vLLM server started for the purpose (the adapter served as LoRA ``policy``).
+
+    ``server_args`` go to ``vllm serve`` after the defaults and override them (e.g. ``--dtype float32``).
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
@@ -140,6 +145,7 @@ def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None,
     from llmrec.serving.vllm_server import VLLMServer
 
     extra = ["--enable-lora", "--max-lora-rank", "64", "--lora-modules", f"policy={adapter}"] if adapter else []
+    extra += list(server_args)
     with VLLMServer(model_path, served_model_name="base", extra_args=extra, max_model_len=max_model_len) as srv:
         model = "policy" if adapter else "base"
 

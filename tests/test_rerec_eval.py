@@ -229,3 +229,23 @@ def test_sft_recipe_warm_start_reads_the_task_and_answer_files_of_the_config(sha
     assert "Candidates (genres/categories first)" in first[0]["prompt"][-1]["content"]
     assert " has " in parenthesised[0]["completion"][0]["content"]
     assert ": [" in first[0]["completion"][0]["content"].split(".")[0]
+
+
+def test_vllm_engine_answers_as_hf_generate_does(tiny_backbone, tiny_adapter_dir, tmp_path):
+    """`--engine vllm` (a real vLLM server with the adapter as LoRA) gives HF's greedy answers, and scores them."""
+    import json
+
+    from llmrec.eval.rerec_eval import evaluate_rerec, generate_hf
+
+    tasks = [{**_task(pos), "task_id": f"t{pos}",
+              "prompt": [{"role": "user", "content": f"Rank the candidates for need {pos}: lipstick, shampoo."}]}
+             for pos in range(3)]
+    adapter = str(tiny_adapter_dir / "tinylora")
+    got = evaluate_rerec(tiny_backbone, tasks, adapter=adapter, engine="vllm", max_new_tokens=12, out=tmp_path,
+                         max_model_len=1024, server_args=["--dtype", "float32"])
+    want = generate_hf(tiny_backbone, tasks, adapter=adapter, max_new_tokens=12, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [r["completion"] for r in rows] == want and any(want)
+    assert got["engine"] == "vllm" and got["tasks"] == 3
+    assert {k: v for k, v in got.items() if k in ("hr@1", "ndcg@10", "format_valid")} == {
+        k: v for k, v in score_completions(tasks, want).items() if k in ("hr@1", "ndcg@10", "format_valid")}
