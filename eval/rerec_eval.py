@@ -109,9 +109,9 @@ def generate_hf(model_path, tasks: Sequence[dict], adapter: str | None = None, m
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # A training run saves its tokenizer (chat template included) beside the adapter; a bare adapter uses the base's.
-    has_tok = adapter and (Path(adapter) / "tokenizer_config.json").exists()
-    tok = AutoTokenizer.from_pretrained(adapter if has_tok else model_path)
+    from llmrec.backbone import tokenizer_folder
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_folder(model_path, adapter))
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

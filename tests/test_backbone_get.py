@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from llmrec.backbone import CATALOG, backbone_names, get_backbone, get_spec, gguf_convert, resolve_backbone
+from llmrec.backbone import (
+    CATALOG,
+    backbone_names,
+    get_backbone,
+    get_spec,
+    gguf_convert,
+    resolve_backbone,
+    tokenizer_folder,
+)
 from llmrec.backbone.catalog import MANIFEST_NAME, cached_path, read_manifest, verify_manifest, write_manifest
 from llmrec.cli.main import main
 from llmrec.errors import DataError, LlmrecError
@@ -329,3 +337,14 @@ def test_smollm2_corrupted_copy_is_caught(smollm2_backbone, tmp_path, capsys):
     err = _one_line_error(capsys)
     assert "model.safetensors is corrupted: sha256" in err
     assert f"run `llmrec backbone get {NAME} --force` to rebuild it" in err
+
+
+def test_tokenizer_folder_is_the_adapters_only_when_it_saved_one(tmp_path):
+    base, bare, run = tmp_path / "base", tmp_path / "bare", tmp_path / "run"
+    for d in (base, bare, run):
+        d.mkdir()
+    (bare / "adapter_config.json").write_text("{}")
+    (run / "tokenizer_config.json").write_text("{}")
+    assert tokenizer_folder(base) == base
+    assert tokenizer_folder(base, bare) == base
+    assert tokenizer_folder(base, run) == run

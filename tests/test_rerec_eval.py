@@ -237,8 +237,7 @@ def test_vllm_engine_answers_as_hf_generate_does(tiny_backbone, tiny_adapter_dir
 
     from llmrec.eval.rerec_eval import evaluate_rerec, generate_hf
 
-    tasks = [{**_task(pos), "task_id": f"t{pos}",
-              "prompt": [{"role": "user", "content": f"Rank the candidates for need {pos}: lipstick, shampoo."}]}
+    tasks = [{**_task(pos), "prompt": [{"role": "user", "content": f"Rank the candidates for need {pos}: lipstick."}]}
              for pos in range(3)]
     adapter = str(tiny_adapter_dir / "tinylora")
     got = evaluate_rerec(tiny_backbone, tasks, adapter=adapter, engine="vllm", max_new_tokens=12, out=tmp_path,

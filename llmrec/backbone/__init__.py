@@ -4,7 +4,8 @@
 Importing this package loads only the standard library; torch and transformers load when a function runs.
 """
 
-from llmrec.backbone.catalog import CATALOG, BackboneSpec, backbone_names, get_spec, resolve_backbone
+from llmrec.backbone.catalog import CATALOG, BackboneSpec, backbone_names, get_spec, resolve_backbone, tokenizer_folder
 from llmrec.backbone.gguf_convert import get_backbone
 
-__all__ = ["CATALOG", "BackboneSpec", "backbone_names", "get_backbone", "get_spec", "resolve_backbone"]
+__all__ = ["CATALOG", "BackboneSpec", "backbone_names", "get_backbone", "get_spec", "resolve_backbone",
+           "tokenizer_folder"]

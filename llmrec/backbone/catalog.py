@@ -177,6 +177,14 @@ def verify_manifest(folder: str | Path, *, hashes: bool = True, fix_hint: str = 
     return manifest
 
 
+def tokenizer_folder(model_path: str | Path, adapter: str | Path | None = None) -> str | Path:
+    """Where to load the tokenizer from: the adapter's folder when a training run saved its tokenizer (chat
+    template included) there, else the base model's (a bare adapter holds only its weights)."""
+    if adapter and any((Path(adapter) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return adapter
+    return model_path
+
+
 def resolve_backbone(name_or_path: str | Path, *, cache: str | Path | None = None) -> Path:
     """The local checkpoint folder for a catalog name or a local Hugging Face model folder.
 

@@ -66,11 +66,12 @@ class StudentEncoder:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from llmrec.backbone import tokenizer_folder
         from llmrec.errors import LlmrecError
 
         check_pooling(pooling, layer)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        self.tokenizer = AutoTokenizer.from_pretrained(adapter if adapter and _has_tokenizer(adapter) else model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(model_path, adapter))
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
@@ -124,10 +125,6 @@ def pool_hidden(hidden, attention_mask, pooling: str = "mean"):
     positions = torch.arange(hidden.shape[1], device=hidden.device).expand_as(attention_mask)
     last = (positions * attention_mask).argmax(1)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-
-
-def _has_tokenizer(folder: str | Path) -> bool:
-    return any((Path(folder) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
 
 
 class ImageEncoder:
