@@ -84,6 +84,22 @@ def test_sft_answer_is_a_valid_reasoned_answer_with_the_target_first():
     assert ex["prompt"] == task["prompt"] and ex["completion"][0]["role"] == "assistant"
 
 
+def test_named_box_lists_only_the_items_the_reasoning_named():
+    from llmrec.rewards.rerec import parse_answer
+
+    task = _task(3)  # target number 4 (Comedy); number 2 is the only other Comedy candidate
+    named = SftAnswerTemplate.load("rerec/sft_answer_named_box.yaml")
+    text = sft_answer(task, named)
+    assert text.endswith("Candidates 2 share part of the request, so they come next. \\boxed{4, 2}")
+    assert parse_answer(text, 5).ranking == [3, 1]
+    # the default box goes on past the named items (by attribute overlap, then PAS): numbers the prompt does not show
+    full = sft_answer(task, SftAnswerTemplate.load("rerec/sft_answer_attributes_first.yaml"))
+    assert full.endswith("\\boxed{4, 2, 5, 3, 1}")
+    assert full.split("\\boxed")[0] == text.split("\\boxed")[0]  # same reasoning
+    with pytest.raises(ValueError, match="box must be one of"):
+        SftAnswerTemplate(**{**vars(named), "box": "top"})
+
+
 def test_rerec_eval_cli_on_the_tiny_model(tiny_backbone, shared_data, tmp_path):
     import json
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from llmrec.paths import load_prompt_template
 
+BOX_CHOICES = ("ranking", "named")
+
 
 @dataclass
 class SftAnswerTemplate:
@@ -23,6 +25,13 @@ class SftAnswerTemplate:
     ranking_length: int = 10
     scan: str = ""
     scan_none: str = ""
+    # "ranking": the box lists the first ranking_length items of answer_ranking; "named": only the items the
+    # reasoning named (the top item, then the others), so the box copies numbers already written
+    box: str = "ranking"
+
+    def __post_init__(self):
+        if self.box not in BOX_CHOICES:
+            raise ValueError(f"box must be one of {BOX_CHOICES}, got {self.box!r}")
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> SftAnswerTemplate:
@@ -65,7 +74,8 @@ def sft_answer(task: dict, template: SftAnswerTemplate | None = None) -> str:
     if others:
         text += " " + template.others.format(others=", ".join(map(str, others)))
     text = " ".join([*scan, text])
-    return text + " " + template.answer.format(ranking=", ".join(str(i + 1) for i in ranking))
+    boxed = [top + 1, *others] if template.box == "named" else [i + 1 for i in ranking]
+    return text + " " + template.answer.format(ranking=", ".join(map(str, boxed)))
 
 
 def rerec_sft_examples(tasks: list[dict], template: SftAnswerTemplate | None = None) -> list[dict]:
