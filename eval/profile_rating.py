@@ -69,7 +69,7 @@ def load_causal_lm(model_path, adapter_path: str | Path | None = None, device: s
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmrec.backbone import resolve_backbone
+    from llmrec.backbone import resolve_backbone, tokenizer_folder
 
     folder = resolve_backbone(model_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -81,7 +81,7 @@ def load_causal_lm(model_path, adapter_path: str | Path | None = None, device: s
         if not Path(adapter_path).is_dir():
             raise LlmrecError(f"adapter folder {adapter_path} not found")
         model = PeftModel.from_pretrained(model, str(adapter_path))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(folder, adapter_path))
     return model.to(device).eval(), tokenizer
 
 

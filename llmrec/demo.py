@@ -93,10 +93,11 @@ def _rank_eval(model_path: Path, adapter: Path, cases, titles: dict[str, str],
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llmrec.backbone import tokenizer_folder
     from llmrec.eval.llm_ranking import candidate_scores, rank_cases
     from llmrec.recommend.next_item import NextItemTemplate
 
-    tok = AutoTokenizer.from_pretrained(model_path)
+    tok = AutoTokenizer.from_pretrained(tokenizer_folder(model_path, adapter))
     template = NextItemTemplate.load()
     prompts = [template.messages(c.history) for c in cases]
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
