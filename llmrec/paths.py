@@ -49,8 +49,8 @@ def shared_data_dir() -> Path | None:
 def load_prompt_template(cls, path: str | Path | None, default: str):
     """A prompt-template dataclass from a YAML file (``default``: its path under ``prompts/``).
 
-    ``path`` may also be relative to ``prompts/`` ("rerec/task_attributes.yaml"). A missing file, or a
-    missing or unknown key, is one error line naming the file, not a traceback.
+    ``path`` may also be relative to ``prompts/`` ("rerec/task_attributes.yaml"). A missing file, a missing or
+    unknown key, or a value the dataclass refuses (ValueError) is one error line naming the file, not a traceback.
     """
     import yaml
 
@@ -63,5 +63,5 @@ def load_prompt_template(cls, path: str | Path | None, default: str):
         raise LlmrecError(f"prompt template {path} not found")
     try:
         return cls(**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}))
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise LlmrecError(f"{path}: {e}") from None

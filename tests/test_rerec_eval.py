@@ -100,6 +100,19 @@ def test_named_box_lists_only_the_items_the_reasoning_named():
         SftAnswerTemplate(**{**vars(named), "box": "top"})
 
 
+def test_a_bad_box_value_in_an_answer_file_is_one_error_naming_the_file(tmp_path):
+    import yaml
+
+    from llmrec.errors import LlmrecError
+    from llmrec.paths import prompts_dir
+
+    bad = tmp_path / "answer.yaml"
+    fields = yaml.safe_load((prompts_dir() / "rerec/sft_answer_named_box.yaml").read_text())
+    bad.write_text(yaml.safe_dump({**fields, "box": "top"}))
+    with pytest.raises(LlmrecError, match=f"^{bad}: box must be one of \\('ranking', 'named'\\), got 'top'$"):
+        SftAnswerTemplate.load(bad)
+
+
 def test_rerec_eval_cli_on_the_tiny_model(tiny_backbone, shared_data, tmp_path):
     import json
 
