@@ -170,7 +170,26 @@ def test_resume_after_kill_loses_no_step(tiny_backbone, ml100k_tasks_file, tmp_p
     assert state["global_step"] == 6
     steps = [r["step"] for r in state["log_history"] if "loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]  # every step once: none lost, none repeated
+    logged = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert logged == [1, 2, 3, 4, 5, 6]  # the metrics log too, whatever the killed run logged past checkpoint-2
     assert json.loads((out / "checkpoint-6" / "curriculum_state.json").read_text())["pass_no"] >= 1
+
+
+def test_a_resumed_run_drops_the_logged_steps_past_its_checkpoint(tmp_path):
+    """The killed run logged steps 5 and 6 after checkpoint-4; resumed there, the log keeps 1-4 and goes on."""
+    from types import SimpleNamespace
+
+    from llmrec.training.metrics_log import JsonlMetricsCallback, read_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 7)))
+    callback = JsonlMetricsCallback(log, plot=False)
+    callback.on_train_begin(None, SimpleNamespace(is_world_process_zero=True, global_step=4), None)
+    callback.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=5, epoch=1.0), None,
+                    logs={"loss": 0.3})
+    assert [(r["step"], r["loss"]) for r in read_metrics(log)] == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25), (5, 0.3)]
+    callback.on_train_begin(None, SimpleNamespace(is_world_process_zero=True, global_step=0), None)
+    assert read_metrics(log) == []  # a fresh start (no checkpoint) in the same folder logs from scratch
 
 
 def test_accelerate_launch_two_cpu_processes(tiny_backbone, ml100k_tasks_file, tmp_path):

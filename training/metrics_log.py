@@ -13,11 +13,19 @@ from transformers import TrainerCallback
 
 
 class JsonlMetricsCallback(TrainerCallback):
-    """Appends every ``on_log`` record (with step and epoch) to ``path``; plots the curve at the end."""
+    """Appends every ``on_log`` record (with step and epoch) to ``path``; plots the curve at the end.
+
+    A run resumed from a checkpoint first drops the records past the checkpoint's step: the killed run logged
+    them, the resumed one trains those steps again, and the log must hold each step once.
+    """
 
     def __init__(self, path: str | Path, plot: bool = True):
         self.path = Path(path)
         self.plot = plot
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.path.exists():
+            drop_records_after(self.path, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -29,6 +37,18 @@ class JsonlMetricsCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.plot and state.is_world_process_zero and self.path.exists():
             plot_training_curve(self.path, self.path.with_suffix(".png"))
+
+
+def drop_records_after(path: str | Path, step: int) -> int:
+    """Keeps the records of steps up to ``step`` (0: none); returns how many were dropped."""
+    path = Path(path)
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if step > 0 and json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+    return len(lines) - len(kept)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
