@@ -464,7 +464,9 @@ def reasoning_segments(text: Any, candidate_titles: Sequence[str], targets_idx: 
       first item like any sentence, so it is "wrong-item" when that item is not a target.
 
     Limits: mentions are found lexically, not understood: "item 5 does not fit" is still "wrong-item";
-    a numbered step list ("1. First, ...") reads as naming candidate 1; titles shorter than 4 characters,
+    a list after a keyword ("Candidates 15, 12, 16 share ...") names only its first number (so that sentence
+    is "wrong-item" or "ok" by which of its items comes first); a numbered step list ("1. First, ...") reads
+    as naming candidate 1; titles shorter than 4 characters,
     paraphrased or misspelt titles are not found; the text after the box is one more segment labelled
     like any other.
     """
