@@ -466,9 +466,8 @@ def reasoning_segments(text: Any, candidate_titles: Sequence[str], targets_idx: 
     Limits: mentions are found lexically, not understood: "item 5 does not fit" is still "wrong-item";
     a list after a keyword ("Candidates 15, 12, 16 share ...") names only its first number (so that sentence
     is "wrong-item" or "ok" by which of its items comes first); a numbered step list ("1. First, ...") reads
-    as naming candidate 1; titles shorter than 4 characters,
-    paraphrased or misspelt titles are not found; the text after the box is one more segment labelled
-    like any other.
+    as naming candidate 1; titles shorter than 4 characters, paraphrased or misspelt titles are not found;
+    the text after the box is one more segment labelled like any other.
     """
     if wrong_item_rule not in WRONG_ITEM_RULES:
         raise LlmrecError(f"wrong_item_rule must be one of {WRONG_ITEM_RULES}, got {wrong_item_rule!r}")

@@ -176,13 +176,14 @@ def test_resume_after_kill_loses_no_step(tiny_backbone, ml100k_tasks_file, tmp_p
 
 
 def test_a_resumed_run_drops_the_logged_steps_past_its_checkpoint(tmp_path):
-    """The killed run logged steps 5 and 6 after checkpoint-4; resumed there, the log keeps 1-4 and goes on."""
+    """The killed run logged steps 5 and 6 after checkpoint-4 and was cut writing 7; resumed at 4, the log keeps
+    1-4 and goes on."""
     from types import SimpleNamespace
 
     from llmrec.training.metrics_log import JsonlMetricsCallback, read_metrics
 
     log = tmp_path / "metrics.jsonl"
-    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 7)))
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 7)) + '{"step": 7, "lo')
     callback = JsonlMetricsCallback(log, plot=False)
     callback.on_train_begin(None, SimpleNamespace(is_world_process_zero=True, global_step=4), None)
     callback.on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=5, epoch=1.0), None,

@@ -40,15 +40,26 @@ class JsonlMetricsCallback(TrainerCallback):
 
 
 def drop_records_after(path: str | Path, step: int) -> int:
-    """Keeps the records of steps up to ``step`` (0: none); returns how many were dropped."""
+    """Keeps the records of steps up to ``step`` (0: none); returns how many were dropped.
+
+    A line that is not JSON is dropped too: a run killed while writing leaves its last line cut short.
+    """
     path = Path(path)
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if step > 0 and json.loads(line).get("step", 0) <= step]
+    steps = [_step_of(line) for line in lines]
+    kept = [line for line, s in zip(lines, steps) if step > 0 and s is not None and s <= step]
     if len(kept) < len(lines):
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(path)
     return len(lines) - len(kept)
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError, TypeError):
+        return None
 
 
 def read_metrics(path: str | Path) -> list[dict]:
