@@ -133,7 +133,8 @@ def generate_hf(model_path, tasks: Sequence[dict], adapter: str | None = None, m
 
 
 def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None, max_new_tokens: int = 160,
-                  concurrency: int = 16, max_model_len: int = 2048, server_args: Sequence[str] = ()) -> list[str]:
+                  concurrency: int = 16, max_model_len: int = 2048, server_args: Sequence[str] = (),
+                  progress: bool = True) -> list[str]:
     """Greedy answers from a vLLM server started for the purpose (the adapter served as LoRA ``policy``).
 
     ``server_args`` go to ``vllm serve`` after the defaults and override them (e.g. ``--dtype float32``).
@@ -141,6 +142,7 @@ def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None,
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
+    from tqdm.auto import tqdm
 
     from llmrec.serving.vllm_server import VLLMServer
 
@@ -155,8 +157,14 @@ def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None,
             r.raise_for_status()
             return r.json()["choices"][0]["message"]["content"] or ""
 
-        with ThreadPoolExecutor(concurrency) as pool:
-            return list(pool.map(ask, tasks))
+        pool = ThreadPoolExecutor(concurrency)
+        try:
+            return list(tqdm(pool.map(ask, tasks), total=len(tasks), desc="generating answers", disable=not progress))
+        finally:
+            # Not `with pool:`: its exit waits for every queued request, so a stop (SIGTERM, Ctrl-C) waited for the
+            # whole evaluation before the server went down. Cancelled here, the in-flight requests fail as soon as
+            # the server stops.
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def evaluate_rerec(model_path, tasks: Sequence[dict], adapter: str | None = None, engine: str = "hf",

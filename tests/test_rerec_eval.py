@@ -277,3 +277,52 @@ def test_vllm_engine_answers_as_hf_generate_does(tiny_backbone, tiny_adapter_dir
     assert got["engine"] == "vllm" and got["tasks"] == 3
     assert {k: v for k, v in got.items() if k in ("hr@1", "ndcg@10", "format_valid")} == {
         k: v for k, v in score_completions(tasks, want).items() if k in ("hr@1", "ndcg@10", "format_valid")}
+
+
+_STOP_MID_EVAL = """
+import sys
+from llmrec.eval.rerec_eval import generate_vllm
+tasks = [{"prompt": [{"role": "user", "content": f"Rank the candidates for need {i}: lipstick, {i * 7} more."}]}
+         for i in range(48)]
+generate_vllm(sys.argv[1], tasks, max_new_tokens=800, concurrency=4, max_model_len=1024,
+              server_args=["--dtype", "float32"])
+print("FINISHED")
+"""
+
+
+def test_vllm_engine_stops_mid_evaluation_on_sigterm(tiny_backbone, tmp_path):
+    """`kill PID` during `--engine vllm` ends the evaluation and its server without answering the queued tasks."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    def served(log):
+        return log.read_text(errors="replace").count('"POST /v1/chat/completions HTTP/1.1" 200') if log else 0
+
+    proc = subprocess.Popen([sys.executable, "-c", _STOP_MID_EVAL, str(tiny_backbone)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    log, vllm = None, []
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None and served(log) == 0:
+            log = next(tmp_path.glob("llmrec-vllm-*.log"), None)
+            time.sleep(0.2)
+        assert served(log) > 0, "the vLLM server never answered"
+        vllm = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, alive = psutil.wait_procs(vllm, timeout=30)
+        for p in alive:  # not left behind for the next tests
+            p.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "FINISHED" not in out
+    # The queued tasks are never asked. (Whether the requests in flight are waited for, as `with ThreadPoolExecutor`
+    # did, this tiny model cannot show: its answers take too little time.)
+    assert served(log) < 48
+    assert vllm and not alive, f"vLLM processes outlived the evaluation: {alive}"
