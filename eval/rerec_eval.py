@@ -161,9 +161,9 @@ def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None,
         try:
             return list(tqdm(pool.map(ask, tasks), total=len(tasks), desc="generating answers", disable=not progress))
         finally:
-            # Not `with pool:`: its exit waits for every queued request, so a stop (SIGTERM, Ctrl-C) waited for the
-            # whole evaluation before the server went down. Cancelled here, the in-flight requests fail as soon as
-            # the server stops.
+            # Not `with pool:`: on a stop (SIGTERM, Ctrl-C) its exit waited for the requests in flight (up to
+            # `concurrency` answers, minutes on a CPU) before the server went down. Not waited for, they fail as soon
+            # as the server stops; the queued ones are cancelled.
             pool.shutdown(wait=False, cancel_futures=True)
 
 
