@@ -260,8 +260,10 @@ def test_sft_recipe_warm_start_reads_the_task_and_answer_files_of_the_config(sha
     assert ": [" in first[0]["completion"][0]["content"].split(".")[0]
 
 
-def test_vllm_engine_answers_as_hf_generate_does(tiny_backbone, tiny_adapter_dir, tmp_path):
-    """`--engine vllm` (a real vLLM server with the adapter as LoRA) gives HF's greedy answers, and scores them."""
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "lora"])
+def test_vllm_engine_answers_as_hf_generate_does(tiny_backbone, tiny_adapter_dir, tmp_path, merge):
+    """`--engine vllm` (a real vLLM server; the adapter merged into the model, or served as LoRA) gives HF's greedy
+    answers, and scores them."""
     import json
 
     from llmrec.eval.rerec_eval import evaluate_rerec, generate_hf
@@ -270,7 +272,7 @@ def test_vllm_engine_answers_as_hf_generate_does(tiny_backbone, tiny_adapter_dir
              for pos in range(3)]
     adapter = str(tiny_adapter_dir / "tinylora")
     got = evaluate_rerec(tiny_backbone, tasks, adapter=adapter, engine="vllm", max_new_tokens=12, out=tmp_path,
-                         max_model_len=1024, server_args=["--dtype", "float32"])
+                         max_model_len=1024, server_args=["--dtype", "float32"], merge=merge)
     want = generate_hf(tiny_backbone, tasks, adapter=adapter, max_new_tokens=12, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [r["completion"] for r in rows] == want and any(want)
