@@ -147,7 +147,7 @@ def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None,
     import httpx
     from tqdm.auto import tqdm
 
-    from llmrec.serving.vllm_server import VLLMServer, cuda_available
+    from llmrec.serving.vllm_server import VLLMServer, batch_engine_env, cuda_available
 
     if adapter and (not cuda_available() if merge is None else merge):
         from llmrec.backbone import merge_adapter
@@ -157,7 +157,8 @@ def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None,
                                  concurrency, max_model_len, server_args, progress)
     extra = ["--enable-lora", "--max-lora-rank", "64", "--lora-modules", f"policy={adapter}"] if adapter else []
     extra += list(server_args)
-    with VLLMServer(model_path, served_model_name="base", extra_args=extra, max_model_len=max_model_len) as srv:
+    with VLLMServer(model_path, served_model_name="base", extra_args=extra, max_model_len=max_model_len,
+                    env=batch_engine_env(cuda_available())) as srv:
         model = "policy" if adapter else "base"
 
         def ask(task):

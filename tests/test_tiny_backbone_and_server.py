@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llmrec.errors import LlmrecError
-from llmrec.serving.vllm_server import VLLMServer, default_engine_args, default_engine_env
+from llmrec.serving.vllm_server import VLLMServer, batch_engine_env, default_engine_args
 
 
 def test_tiny_backbone_loads_and_splits_digits(tiny_backbone):
@@ -36,10 +36,14 @@ def test_engine_args_user_flags_win():
     assert all(flag != "--enforce-eager" for flag, _ in default_engine_args(on_gpu=True))
 
 
-def test_engine_env_gives_vllm_every_core_of_a_small_cpu():
-    assert default_engine_env(on_gpu=False, cores=2) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "OMP_NUM_THREADS": "2"}
-    assert default_engine_env(on_gpu=False, cores=32) == {}  # vLLM's own default: one core for the front end
-    assert default_engine_env(on_gpu=True, cores=2) == {}
+def test_batch_engine_env_gives_vllm_every_core_of_a_small_cpu(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    assert batch_engine_env(on_gpu=False, cores=2) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "OMP_NUM_THREADS": "2"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's setting wins
+    assert batch_engine_env(on_gpu=False, cores=2) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert batch_engine_env(on_gpu=False, cores=32) == {}  # vLLM's own default: one core for the front end
+    assert batch_engine_env(on_gpu=True, cores=2) == {}
 
 
 def test_missing_model_path_is_a_clear_error():

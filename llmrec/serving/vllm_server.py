@@ -57,14 +57,19 @@ def default_engine_args(on_gpu: bool, max_model_len: int = 2048) -> list[tuple[s
     return args
 
 
-def default_engine_env(on_gpu: bool, cores: int | None = None) -> dict[str, str]:
-    """Environment defaults for the server process (a variable already set wins)."""
+def batch_engine_env(on_gpu: bool, cores: int | None = None) -> dict[str, str]:
+    """Environment for a server that runs a batch job (an evaluation) on a small CPU: every core to the engine.
+
+    vLLM's CPU backend keeps one core for its front end and lowers torch to one thread; on 2 cores that halves the
+    compute (Amazon Beauty answers, 16 tasks: 153 s with it, 108 s with both cores; docs/training.md). A server
+    that answers interactive requests keeps vLLM's default, so its front end stays responsive (docs/serving.md).
+    Variables already set in the environment win.
+    """
     cores = cores or len(os.sched_getaffinity(0))
     if on_gpu or cores > 4:
         return {}
-    # vLLM's CPU backend keeps one core for its front end and lowers torch to one thread: on 2 cores that halves
-    # the compute (Amazon Beauty answers, 16 tasks: 153 s with it, 108 s with both cores; docs/training.md).
-    return {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "OMP_NUM_THREADS": str(cores)}
+    wanted = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "OMP_NUM_THREADS": str(cores)}
+    return {k: v for k, v in wanted.items() if k not in os.environ}
 
 
 def lora_args(specs: list[str], max_rank: int) -> list[str]:
@@ -138,8 +143,6 @@ class VLLMServer:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
-        for name, value in default_engine_env(cuda_available()).items():
-            env.setdefault(name, value)
         env.update(self.env or {})
         if self.log_path is None:
             self.log_path = Path(tempfile.mkstemp(prefix="llmrec-vllm-", suffix=".log")[1])
