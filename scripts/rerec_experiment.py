@@ -80,7 +80,8 @@ def parse_args(argv=None):
     p.add_argument("--grpo_task_seed", type=int, default=None, help="task_seed of GRPO's training tasks")
     p.add_argument("--learning_rate", type=float, default=None, help="GRPO learning rate")
     p.add_argument("--eval_tasks", type=int, default=48, help="held-out users evaluated (default: %(default)s)")
-    p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="vllm",
+                   help="evaluation engine (default: %(default)s; the same answers as hf, about 2x faster on a CPU)")
     p.add_argument("--backbone", default=None, help="override the configs' backbone (name or folder)")
     p.add_argument("--task_prompt", default=None, help="override the configs' task prompt in every stage")
     p.add_argument("--answer_prompt", default=None, help="warm-start answer file for SFT (rerec_answer_prompt)")

@@ -137,6 +137,7 @@ def test_experiment_plan_skips_finished_stages_and_passes_the_protocol(tmp_path,
         cmd = stages[name]["cmd"]
         assert cmd[cmd.index("--task_prompt") + 1] == "rerec/task_attributes_first.yaml"
         assert cmd[cmd.index("--data") + 1] == "../shared/data/movielens/recbole_ml-100k"
+    assert stages["eval_sft"]["cmd"][stages["eval_sft"]["cmd"].index("--engine") + 1] == "vllm"
     # a finished stage is skipped (its output exists); a dry run runs nothing
     Path(stages["sft"]["done"]).parent.mkdir(parents=True)
     Path(stages["sft"]["done"]).write_text("")
