@@ -13,6 +13,7 @@ Layout: OUT/sft, OUT/grpo_{ARM}_s{seed}, OUT/eval/{random,overlap,sft,grpo_ARM_s
 training.png: each arm's rollout NDCG and valid boxes per GRPO step).
 --arms adds ablations of full ReRec to the same run (finished arms are reused): e.g. `--arms full ndcg
 no_reasoning_aware no_curriculum` trains two more arms per seed, each with one module off.
+`--eval_dir eval200 --eval_tasks 200` evaluates the finished policies again on more users, in OUT/eval200.
 The evaluation reads data, item_meta, cf_dir and task_prompt from the GRPO config, so all stages see one task set.
 On a shared machine pass --lock FILE: each stage waits for that file's lock (the same as `flock FILE cmd`).
 
@@ -80,6 +81,10 @@ def parse_args(argv=None):
     p.add_argument("--grpo_task_seed", type=int, default=None, help="task_seed of GRPO's training tasks")
     p.add_argument("--learning_rate", type=float, default=None, help="GRPO learning rate")
     p.add_argument("--eval_tasks", type=int, default=48, help="held-out users evaluated (default: %(default)s)")
+    p.add_argument("--eval_dir", default="eval",
+                   help="folder under OUT for the evaluations (default: %(default)s); another name, e.g. eval200 with "
+                        "--eval_tasks 200, evaluates the finished policies again on more users without touching the "
+                        "first ones")
     p.add_argument("--engine", choices=["hf", "vllm"], default="vllm",
                    help="evaluation engine (default: %(default)s; the same answers as hf, about 2x faster on a CPU)")
     p.add_argument("--backbone", default=None, help="override the configs' backbone (name or folder)")
@@ -125,15 +130,15 @@ def plan(args) -> list[dict]:
             return []
         return ["--save_steps", args.save_every or max(1, max_steps // 2)]
 
+    ev = out / args.eval_dir
     for ref in ("random", "overlap"):
-        add(f"eval_{ref}", [*evaluate, "--reference", ref, "--out", out / "eval" / ref],
-            out / "eval" / ref / "metrics.json")
+        add(f"{args.eval_dir}_{ref}", [*evaluate, "--reference", ref, "--out", ev / ref], ev / ref / "metrics.json")
     sft = out / "sft"
     steps = [*(["--max_steps", args.sft_steps] if args.sft_steps else []), *checkpoints(args.sft_steps)]
     add("sft", ["train", "sft", "--config", args.sft_config, *model, *sft_prompts, *steps, "--output_dir", sft],
         sft / "adapter_model.safetensors")
-    add("eval_sft", [*evaluate, "--model", backbone, "--adapter", sft, "--out", out / "eval" / "sft"],
-        out / "eval" / "sft" / "metrics.json")
+    add(f"{args.eval_dir}_sft", [*evaluate, "--model", backbone, "--adapter", sft, "--out", ev / "sft"],
+        ev / "sft" / "metrics.json")
     grpo = []
     for flag, value in (("--max_steps", args.grpo_steps), ("--max_train_tasks", args.grpo_tasks),
                         ("--task_seed", args.grpo_task_seed), ("--learning_rate", args.learning_rate)):
@@ -147,9 +152,8 @@ def plan(args) -> list[dict]:
             add(run.name, ["train", "grpo-rerec", "--config", args.grpo_config, *model, *grpo_prompt,
                            "--init_adapter", sft, *grpo, *extra, "--seed", seed, "--output_dir", run],
                 run / "adapter_model.safetensors")
-            add(f"eval_{run.name}",
-                [*evaluate, "--model", backbone, "--adapter", run, "--out", out / "eval" / run.name],
-                out / "eval" / run.name / "metrics.json")
+            add(f"{args.eval_dir}_{run.name}",
+                [*evaluate, "--model", backbone, "--adapter", run, "--out", ev / run.name], ev / run.name / "metrics.json")
     return stages
 
 
@@ -186,7 +190,7 @@ def run_stage(stage: dict, out: Path, lock: str | None) -> float | None:
 def report(args) -> Path:
     from llmrec.eval.rerec_report import write_report
 
-    ev = args.out / "eval"
+    ev = args.out / args.eval_dir
     policies = {"random": [ev / "random"], "genre/category overlap": [ev / "overlap"], "SFT warm start": [ev / "sft"]}
     # NDCG-only first, then full, then the ablations: the table reads from the baseline up
     arms = sorted(args.arms, key=lambda a: (a != "ndcg", a != "full"))

@@ -138,6 +138,11 @@ def test_experiment_plan_skips_finished_stages_and_passes_the_protocol(tmp_path,
         assert cmd[cmd.index("--task_prompt") + 1] == "rerec/task_attributes_first.yaml"
         assert cmd[cmd.index("--data") + 1] == "../shared/data/movielens/recbole_ml-100k"
     assert stages["eval_sft"]["cmd"][stages["eval_sft"]["cmd"].index("--engine") + 1] == "vllm"
+    # a second evaluation folder: the same policies on more users, the first evaluations kept
+    more = {s["name"]: s for s in script.plan(script.parse_args([*argv, "--eval_dir", "eval200", "--eval_tasks", "200"]))}
+    cmd = more["eval200_grpo_ndcg_s3"]["cmd"]
+    assert cmd[cmd.index("--out") + 1] == str(out / "eval200" / "grpo_ndcg_s3") and "eval_sft" not in more
+    assert cmd[cmd.index("--max_tasks") + 1] == "200" and more["grpo_ndcg_s3"]["cmd"] == stages["grpo_ndcg_s3"]["cmd"]
     # a finished stage is skipped (its output exists); a dry run runs nothing
     Path(stages["sft"]["done"]).parent.mkdir(parents=True)
     Path(stages["sft"]["done"]).write_text("")
