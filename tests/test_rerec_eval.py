@@ -160,6 +160,8 @@ def test_rerec_eval_cli_reference_needs_no_model(shared_data, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "rerec", "--reference", "random", "--adapter", str(tmp_path), "--data", data]) == 2
     assert "--adapter belongs to a model" in capsys.readouterr().err
+    assert main(["eval", "rerec", "--model", str(tmp_path), "--merge_adapter", "no", "--data", data]) == 2
+    assert "--merge_adapter chooses how --engine vllm serves" in capsys.readouterr().err
 
 
 def _write_run(folder, tasks, completions):
