@@ -61,6 +61,11 @@ ARMS = {
     # box takes more blame than its reasoning (--bad_segment_penalty advantage)
     "box_blame": (["--box_rule", "top-item", "--bad_segment_penalty", "advantage"],
                   "GRPO, full, blame on the box"),
+    # not ablations: both arms of the comparison with a KL term to the warm start (TRL's reference for an
+    # --init_adapter run is a frozen copy of it), to keep 12 steps from moving the warm start's box (Amazon Beauty)
+    "full_kl": (["--beta", "0.04"], "GRPO, full ReRec, KL 0.04"),
+    "ndcg_kl": (["--reward", "ndcg", "--reasoning_aware", OFF, "--curriculum", OFF, "--beta", "0.04"],
+                "GRPO, NDCG reward, KL 0.04"),
 }
 EVAL_KEYS = ("data", "item_meta", "cf_dir", "task_prompt", "n_candidates", "max_history")
 
@@ -199,6 +204,8 @@ def report(args) -> Path:
     comparisons = [(label[a], "SFT warm start") for a in ("full", "ndcg") if a in label]
     if "full" in label and "ndcg" in label:
         comparisons.insert(0, (label["full"], label["ndcg"]))
+    if "full_kl" in label and "ndcg_kl" in label:  # the comparison, both arms with the KL term
+        comparisons.append((label["full_kl"], label["ndcg_kl"]))
     for a in arms:
         if a not in ("full", "ndcg"):
             comparisons += [(label["full"], label[a])] if "full" in label else []

@@ -272,3 +272,18 @@ def test_grpo_bump_trains_and_exports_profiles_to_the_user_store(tiny_backbone, 
     st = open_user_store(store)
     assert len(st.user_ids()) == reported <= 8
     assert all(st.get(u).profile.strip() for u in st.user_ids())
+
+
+def test_kl_to_the_warm_start_not_to_the_bare_backbone(tiny_backbone, tiny_adapter_dir, ml100k_tasks_file, tmp_path):
+    """With --beta and --init_adapter the KL reference is the warm start (TRL keeps a frozen copy of the adapter),
+    so the first step, where the policy still is the warm start, logs a KL of 0; against the bare backbone it would
+    not (the tiny SFT adapter changes the model's output)."""
+    from llmrec.cli.main import main
+
+    out = tmp_path / "kl"
+    flags = _flags(tiny_backbone, ml100k_tasks_file, out, steps=2,
+                   extra=["--init_adapter", str(tiny_adapter_dir / "tinylora"), "--learning_rate", "0.01",
+                          "--beta", "0.04"])
+    assert main(["train", "grpo-rerec", *flags]) == 0
+    kl = [r["kl"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "kl" in r]
+    assert len(kl) == 2 and kl[0] == pytest.approx(0.0, abs=1e-7)
