@@ -108,20 +108,15 @@ def generate_hf(model_path, tasks: Sequence[dict], adapter: str | None = None, m
     """Greedy answers with HF ``generate`` (left padding, the model's chat template)."""
     import torch
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from llmrec.backbone import tokenizer_folder
+    from llmrec.backbone import load_merged, tokenizer_folder
 
     tok = AutoTokenizer.from_pretrained(tokenizer_folder(model_path, adapter))
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype="float32")
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    model.eval()
+    model = load_merged(model_path, adapter, "float32").eval()
     texts = [tok.apply_chat_template(t["prompt"], add_generation_prompt=True, tokenize=False) for t in tasks]
     out: list[str] = []
     with torch.inference_mode():
@@ -149,7 +144,8 @@ def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None,
 
     from llmrec.serving.vllm_server import VLLMServer, batch_engine_env, cuda_available
 
-    if adapter and (not cuda_available() if merge is None else merge):
+    on_gpu = cuda_available()
+    if adapter and (not on_gpu if merge is None else merge):
         from llmrec.backbone import merge_adapter
 
         with tempfile.TemporaryDirectory(prefix="llmrec-merged-") as merged:
@@ -158,7 +154,7 @@ def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None,
     extra = ["--enable-lora", "--max-lora-rank", "64", "--lora-modules", f"policy={adapter}"] if adapter else []
     extra += list(server_args)
     with VLLMServer(model_path, served_model_name="base", extra_args=extra, max_model_len=max_model_len,
-                    env=batch_engine_env(cuda_available())) as srv:
+                    env=batch_engine_env(on_gpu)) as srv:
         model = "policy" if adapter else "base"
 
         def ask(task):

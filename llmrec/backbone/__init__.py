@@ -6,7 +6,7 @@ Importing this package loads only the standard library; torch and transformers l
 
 from llmrec.backbone.catalog import CATALOG, BackboneSpec, backbone_names, get_spec, resolve_backbone, tokenizer_folder
 from llmrec.backbone.gguf_convert import get_backbone
-from llmrec.backbone.merge import merge_adapter
+from llmrec.backbone.merge import load_merged, merge_adapter
 
-__all__ = ["CATALOG", "BackboneSpec", "backbone_names", "get_backbone", "get_spec", "merge_adapter",
+__all__ = ["CATALOG", "BackboneSpec", "backbone_names", "get_backbone", "get_spec", "load_merged", "merge_adapter",
            "resolve_backbone", "tokenizer_folder"]

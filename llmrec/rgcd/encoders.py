@@ -64,9 +64,9 @@ class StudentEncoder:
     def __init__(self, model_path: str | Path, adapter: str | Path | None = None, max_length: int = 128,
                  chat_template: bool = True, dtype: str = "float32", pooling: str = "mean", layer: int = -1):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        from llmrec.backbone import tokenizer_folder
+        from llmrec.backbone import load_merged, tokenizer_folder
         from llmrec.errors import LlmrecError
 
         check_pooling(pooling, layer)
@@ -74,11 +74,7 @@ class StudentEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(model_path, adapter))
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
-        if adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model = load_merged(model_path, adapter, getattr(torch, dtype))
         self.model = model.eval()
         n_states = int(model.config.num_hidden_layers) + 1
         if not -n_states <= layer < n_states:
