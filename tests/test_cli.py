@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -45,3 +46,17 @@ def test_console_script_help_is_fast_and_clean():
             "print(sorted(m for m in ('torch', 'vllm', 'transformers', 'datasets') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_output_into_a_pipe_closed_early_ends_quietly(tmp_path):
+    # `llmrec eval rerec-compare ... | head -1`: the reader is gone before llmrec writes; before the fix this
+    # ended in a BrokenPipeError traceback and status 1.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        r = subprocess.run([sys.executable, "-m", "llmrec.cli.main", "backbone", "list", "--cache",
+                            str(tmp_path)], stdout=write_end,
+                           stderr=subprocess.PIPE, text=True, check=False)
+    finally:
+        os.close(write_end)
+    assert (r.returncode, r.stderr) == (141, "")

@@ -236,7 +236,9 @@ def test_grpo_continues_an_existing_adapter(tiny_backbone, tiny_adapter_dir, ml1
     out = tmp_path / "cont"
     flags = _flags(tiny_backbone, ml100k_tasks_file, out, steps=1,
                    extra=["--init_adapter", str(tiny_adapter_dir / "tinylora"), "--learning_rate", "0.01"])
-    assert main(["train", "grpo-rerec", *flags]) == 0
+    with pytest.warns(UserWarning, match=r"keeps its own LoRA settings: lora_r 8 \(config: 16\), lora_alpha 16 "
+                      r"\(config: 32\), lora_dropout 0.0 \(config: 0.05\)"):
+        assert main(["train", "grpo-rerec", *flags, "--lora_dropout", "0.05"]) == 0
     assert PeftConfig.from_pretrained(out).r == 8  # the SFT adapter's shape (the config asks r=16)
     before = load_file(tiny_adapter_dir / "tinylora" / "adapter_model.safetensors")
     after = load_file(out / "adapter_model.safetensors")

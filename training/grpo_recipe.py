@@ -137,10 +137,29 @@ def load_policy(model_path, args: CommonArguments, model_args):
 
         if not Path(args.init_adapter, "adapter_config.json").exists():
             raise LlmrecError(f"init_adapter {args.init_adapter}: no adapter_config.json there")
-        return PeftModel.from_pretrained(model, args.init_adapter, is_trainable=True), None
+        policy = PeftModel.from_pretrained(model, args.init_adapter, is_trainable=True)
+        _warn_lora_settings_not_applied(policy.peft_config["default"], model_args, args.init_adapter)
+        return policy, None
     from trl import get_peft_config
 
     return model, get_peft_config(model_args)
+
+
+def _warn_lora_settings_not_applied(adapter_config, model_args, adapter_path) -> None:
+    """Say which LoRA settings of the config an ``init_adapter`` run does not use: the adapter keeps its own."""
+    import warnings
+
+    pairs = {"lora_r": (adapter_config.r, model_args.lora_r),
+             "lora_alpha": (adapter_config.lora_alpha, model_args.lora_alpha),
+             "lora_dropout": (adapter_config.lora_dropout, model_args.lora_dropout)}
+    if model_args.lora_target_modules is not None:
+        pairs["lora_target_modules"] = (sorted(adapter_config.target_modules or []),
+                                        sorted(model_args.lora_target_modules))
+    differ = [f"{name} {kept} (config: {asked})" for name, (kept, asked) in pairs.items() if kept != asked]
+    if differ:
+        # Why a warning and not an override: the shape cannot change, and the dropout of every GRPO run measured so
+        # far came from the adapter (docs/training.md); changing it silently would change those runs.
+        warnings.warn(f"init_adapter {adapter_path} keeps its own LoRA settings: {', '.join(differ)}", stacklevel=2)
 
 
 def load_data(args: CommonArguments):

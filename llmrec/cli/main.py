@@ -41,6 +41,20 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            # A pipe's reader that left early (`llmrec ... | head -1`) makes this flush fail here, where it is
+            # handled, rather than in the interpreter's last flush, which prints a traceback-like message.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Quiet, as Unix tools end on SIGPIPE; stdout goes to devnull so nothing tries to write to the pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # the status a shell shows for a process ended by SIGPIPE (13)
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     # Commands that forward flags to another parser (TRL's for recipes, vLLM's for serve) set
     # ``passthrough``; for every other command an unknown flag is an error, as usual.
