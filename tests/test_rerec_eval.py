@@ -273,12 +273,13 @@ def test_vllm_engine_answers_as_hf_generate_does(tiny_backbone, tiny_adapter_dir
     tasks = [{**_task(pos), "prompt": [{"role": "user", "content": f"Rank the candidates for need {pos}: lipstick."}]}
              for pos in range(3)]
     adapter = str(tiny_adapter_dir / "tinylora")
+    # no dtype given: both engines default to float32 (vLLM's own CPU default is bfloat16 on AVX512-BF16 CPUs)
     got = evaluate_rerec(tiny_backbone, tasks, adapter=adapter, engine="vllm", max_new_tokens=12, out=tmp_path,
-                         max_model_len=1024, server_args=["--dtype", "float32"], merge=merge)
+                         max_model_len=1024, merge=merge)
     want = generate_hf(tiny_backbone, tasks, adapter=adapter, max_new_tokens=12, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [r["completion"] for r in rows] == want and any(want)
-    assert got["engine"] == "vllm" and got["tasks"] == 3
+    assert got["engine"] == "vllm" and got["dtype"] == "float32" and got["tasks"] == 3
     assert {k: v for k, v in got.items() if k in ("hr@1", "ndcg@10", "format_valid")} == {
         k: v for k, v in score_completions(tasks, want).items() if k in ("hr@1", "ndcg@10", "format_valid")}
 
@@ -330,3 +331,11 @@ def test_vllm_engine_stops_mid_evaluation_on_sigterm(tiny_backbone, tmp_path):
     # did, this tiny model cannot show: its answers take too little time.)
     assert served(log) < 48
     assert vllm and not alive, f"vLLM processes outlived the evaluation: {alive}"
+
+
+def test_evaluation_precision_is_checked_before_any_model_loads():
+    from llmrec.errors import LlmrecError
+    from llmrec.eval.rerec_eval import evaluate_rerec
+
+    with pytest.raises(LlmrecError, match="dtype must be one of"):
+        evaluate_rerec("/nonexistent/model", [_task(0)], engine="hf", dtype="float16")

