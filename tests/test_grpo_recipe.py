@@ -289,3 +289,21 @@ def test_kl_to_the_warm_start_not_to_the_bare_backbone(tiny_backbone, tiny_adapt
     assert main(["train", "grpo-rerec", *flags]) == 0
     kl = [r["kl"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "kl" in r]
     assert len(kl) == 2 and kl[0] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_init_adapter_lora_warning_names_only_the_settings_that_differ():
+    import warnings
+    from types import SimpleNamespace
+
+    from llmrec.training.grpo_recipe import _warn_lora_settings_not_applied
+
+    adapter = SimpleNamespace(r=16, lora_alpha=32, lora_dropout=0.05, target_modules={"v_proj", "q_proj"})
+    same = SimpleNamespace(lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_target_modules=["q_proj", "v_proj"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_lora_settings_not_applied(adapter, same, "sft")  # nothing differs: no warning
+    other = SimpleNamespace(lora_r=16, lora_alpha=32, lora_dropout=0.0, lora_target_modules="all-linear")
+    with pytest.warns(UserWarning) as caught:
+        _warn_lora_settings_not_applied(adapter, other, "sft")
+    assert str(caught[0].message) == ("init_adapter sft keeps its own LoRA settings: lora_dropout 0.05 (config: 0.0), "
+                                      "lora_target_modules ['q_proj', 'v_proj'] (config: ['all-linear'])")

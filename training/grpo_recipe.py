@@ -153,8 +153,10 @@ def _warn_lora_settings_not_applied(adapter_config, model_args, adapter_path) ->
              "lora_alpha": (adapter_config.lora_alpha, model_args.lora_alpha),
              "lora_dropout": (adapter_config.lora_dropout, model_args.lora_dropout)}
     if model_args.lora_target_modules is not None:
-        pairs["lora_target_modules"] = (sorted(adapter_config.target_modules or []),
-                                        sorted(model_args.lora_target_modules))
+        def names(x):  # a list, a set, or one string such as "all-linear"
+            return sorted([x] if isinstance(x, str) else (x or []))
+
+        pairs["lora_target_modules"] = (names(adapter_config.target_modules), names(model_args.lora_target_modules))
     differ = [f"{name} {kept} (config: {asked})" for name, (kept, asked) in pairs.items() if kept != asked]
     if differ:
         # Why a warning and not an override: the shape cannot change, and the dropout of every GRPO run measured so
